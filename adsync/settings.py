@@ -1,0 +1,238 @@
+"""AdSync settings, read from the environment (see the configuration table in README.md).
+
+With no DATABASE_URL and no REDIS_URL the app runs embedded on one machine (SQLite and a
+filesystem broker) so that `make run` needs no servers; with them it runs on PostgreSQL and
+Redis, as in production and CI. Both run the same code paths.
+"""
+
+import base64
+import hashlib
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from adsync.env import envbool, envfloat, envint, envlist, envstr
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(envstr("ADSYNC_DATA_DIR", str(BASE_DIR / ".data")))
+
+DATABASE_URL = envstr("DATABASE_URL")
+# Embedded mode (no DATABASE_URL) is for trying AdSync out on one machine.
+EMBEDDED = not DATABASE_URL
+
+DEBUG = envbool("DEBUG", EMBEDDED)
+SECRET_KEY = envstr("SECRET_KEY")
+if not SECRET_KEY:
+    if not (DEBUG or EMBEDDED):
+        raise ImproperlyConfigured("SECRET_KEY must be set when running on DATABASE_URL with DEBUG off")
+    SECRET_KEY = "insecure-development-key-do-not-use-in-production"
+
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_celery_beat",
+    "connections",
+    "syncing",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "adsync.urls"
+WSGI_APPLICATION = "adsync.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=envint("DB_CONN_MAX_AGE", 60))}
+else:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "adsync.sqlite3",
+            "OPTIONS": {
+                # WAL lets the web process read while the worker writes; IMMEDIATE takes the
+                # write lock at BEGIN so a read-then-update transaction cannot be interleaved.
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
+        }
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(envstr("STATIC_ROOT", str(BASE_DIR / ".data" / "staticfiles")))
+
+LOGIN_URL = "/admin/login/"
+
+# --- Secrets at rest ------------------------------------------------------------------------
+# Comma-separated Fernet keys: the first encrypts, all decrypt, so a key can be rotated by
+# putting the new one first. Without any, a key is derived from SECRET_KEY (fine for trying
+# the app out; set real keys in production).
+ENCRYPTION_KEYS = envlist("ADSYNC_ENCRYPTION_KEYS") or [
+    base64.urlsafe_b64encode(hashlib.sha256(f"adsync-fernet:{SECRET_KEY}".encode()).digest()).decode()
+]
+
+# --- Sync engine ----------------------------------------------------------------------------
+# How often beat fires the dispatcher. Realtime connections are scheduled in 30 s slots, so a
+# tick of 1 s keeps every attempt within about a second of its slot.
+SYNC_DISPATCH_INTERVAL = envfloat("SYNC_DISPATCH_INTERVAL", 1.0, minimum=0.1)
+# The most connections one tick claims; a larger backlog is claimed over the next ticks.
+SYNC_DISPATCH_BATCH = envint("SYNC_DISPATCH_BATCH", 1000, minimum=1)
+# Hard limit for one sync task; the soft limit leaves time to record the failure.
+SYNC_TASK_TIME_LIMIT = envint("SYNC_TASK_TIME_LIMIT", 120, minimum=10)
+SYNC_TASK_SOFT_TIME_LIMIT = SYNC_TASK_TIME_LIMIT - 5
+# A job queued this long without starting is taken as lost (broker flushed, message dropped).
+SYNC_QUEUED_TIMEOUT = envint("SYNC_QUEUED_TIMEOUT", 120, minimum=10)
+# A job syncing for longer than the hard limit plus this grace is taken as lost (worker killed).
+SYNC_RECOVERY_GRACE = envint("SYNC_RECOVERY_GRACE", 30, minimum=0)
+# Re-fetch the attribution lookback window at most this often per connection.
+SYNC_RESTATEMENT_INTERVAL_HOURS = envint("SYNC_RESTATEMENT_INTERVAL_HOURS", 6, minimum=1)
+# Transient provider errors are retried this many times, with exponential backoff.
+SYNC_TRANSIENT_RETRIES = envint("SYNC_TRANSIENT_RETRIES", 3, minimum=0)
+SYNC_RUN_RETENTION_DAYS = envint("SYNC_RUN_RETENTION_DAYS", 14, minimum=1)
+
+# --- Celery ---------------------------------------------------------------------------------
+REDIS_URL = envstr("REDIS_URL")
+BROKER_VISIBILITY_TIMEOUT = envint("BROKER_VISIBILITY_TIMEOUT", 3600, minimum=60)
+if BROKER_VISIBILITY_TIMEOUT <= SYNC_TASK_TIME_LIMIT:
+    # A message is redelivered while its task still runs once the visibility timeout passes.
+    raise ImproperlyConfigured("BROKER_VISIBILITY_TIMEOUT must be longer than SYNC_TASK_TIME_LIMIT")
+
+if REDIS_URL:
+    CELERY_BROKER_URL = REDIS_URL
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": BROKER_VISIBILITY_TIMEOUT}
+else:
+    # kombu's filesystem transport works across processes on one machine; its default polling
+    # (1 s) caps it near 5 tasks/s, 50 ms makes it keep up with a realtime demo.
+    _broker_dir = DATA_DIR / "broker"
+    for _sub in ("queue", "processed"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+        "polling_interval": 0.05,
+        "visibility_timeout": BROKER_VISIBILITY_TIMEOUT,
+    }
+
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = "sync_jobs"
+CELERY_TASK_ROUTES = {
+    "syncing.sync_connection": {"queue": "sync_jobs"},
+    # The dispatcher has a queue of its own so that a backlog of sync jobs never delays a tick.
+    "syncing.dispatch_due_syncs": {"queue": "dispatch"},
+    "syncing.prune_sync_runs": {"queue": "dispatch"},
+}
+# At-least-once delivery that does no harm: the message is acknowledged after the task, a
+# killed pool child's message is requeued, and each process holds one message at a time. A
+# duplicate is harmless because the start transition (queued -> syncing for this job_id) is the
+# lock; a redelivered copy finds the job already started or finished and returns.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = SYNC_TASK_TIME_LIMIT
+CELERY_TASK_SOFT_TIME_LIMIT = SYNC_TASK_SOFT_TIME_LIMIT
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_RESULT_EXPIRES = None  # no result backend, so beat needs no backend_cleanup entry
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = False
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Beat holds a few entries declared here; per-connection schedules are rows (next_sync_at).
+# The DatabaseScheduler copies these into the admin's Periodic tasks, where ops can pause them.
+CELERY_BEAT_SCHEDULE = {
+    "dispatch-due-syncs": {
+        "task": "syncing.dispatch_due_syncs",
+        "schedule": SYNC_DISPATCH_INTERVAL,
+        # A tick that waited longer than a few intervals is stale: the next one does its work.
+        "options": {"expire_seconds": max(5, int(SYNC_DISPATCH_INTERVAL * 5))},
+    },
+    "prune-sync-runs": {
+        "task": "syncing.prune_sync_runs",
+        "schedule": 3600.0,
+        "options": {"expire_seconds": 600},
+    },
+}
+DJANGO_CELERY_BEAT_TZ_AWARE = True
+
+# --- API ------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+}
+
+# --- Logging --------------------------------------------------------------------------------
+LOG_LEVEL = envstr("LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(processName)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "adsync": {"level": LOG_LEVEL},
+        "connections": {"level": LOG_LEVEL},
+        "syncing": {"level": LOG_LEVEL},
+        "celery": {"level": LOG_LEVEL},
+        # One line per task received/succeeded and per beat tick (every second) drowns the
+        # lines that matter; our dispatcher logs what it queued, and failures still show.
+        "celery.app.trace": {"level": "WARNING"},
+        "celery.worker.strategy": {"level": "WARNING"},
+        "celery.beat": {"level": "WARNING"},
+    },
+}
+
+if not DEBUG:
+    SESSION_COOKIE_HTTPONLY = True
+    CSRF_COOKIE_HTTPONLY = False

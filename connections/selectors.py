@@ -1,0 +1,25 @@
+"""Reads of connections, always scoped to what the user may see."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import QuerySet
+from django.http import Http404
+
+from connections.models import Connection
+
+
+def connections_for_user(*, user: AbstractBaseUser) -> QuerySet[Connection]:
+    if not user.is_authenticated:
+        return Connection.objects.none()
+    return Connection.objects.filter(workspace__memberships__user=user).select_related("workspace")
+
+
+def connection_get_for_user(*, user: AbstractBaseUser, public_id: uuid.UUID | str) -> Connection:
+    """The connection, or Http404 whether it does not exist or belongs to another workspace."""
+    try:
+        return connections_for_user(user=user).get(public_id=public_id)
+    except (Connection.DoesNotExist, ValueError):
+        raise Http404("No connection with that id") from None

@@ -1,0 +1,88 @@
+"""Run one sync job: start, fetch from the provider outside any transaction, persist, finish.
+
+Used by the Celery task and by `manage.py sync_now --inline`. Errors are turned into the
+connection's state here; only RetryLater escapes, for the caller to schedule the retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.utils import timezone
+
+from syncing.models import SyncOutcome
+from syncing.providers import provider_for
+from syncing.providers.base import (
+    PermanentError,
+    ProviderError,
+    ThrottledError,
+    TransientProviderError,
+)
+from syncing.services import (
+    StartedSync,
+    sync_defer,
+    sync_fail,
+    sync_finish,
+    sync_requeue_for_retry,
+    sync_start,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_THROTTLE_PAUSE = timedelta(minutes=5)
+
+
+class RetryLater(Exception):
+    def __init__(self, countdown: float):
+        super().__init__(f"retry in {countdown:.0f} s")
+        self.countdown = countdown
+
+
+def retry_backoff(attempt: int) -> float:
+    """5 s, 10 s, 20 s, ... capped at a minute: well inside the queued-job deadline."""
+    return float(min(60, 5 * 2**attempt))
+
+
+def connection_sync_run(*, connection_id: int, job_id: uuid.UUID, attempt: int = 0, max_retries: int = 0) -> str | None:
+    """Run the job if it is ours. Returns the outcome, or None when there was nothing to do."""
+    started = sync_start(connection_id=connection_id, job_id=job_id, now=timezone.now())
+    if started is None:
+        logger.info("Job %s for connection %s is not queued any more; nothing to do", job_id, connection_id)
+        return None
+    try:
+        result = provider_for(started.connection.provider).fetch(
+            connection=started.connection, since=started.since, until=started.until, now=started.started_at
+        )
+    except TransientProviderError as exc:
+        if attempt < max_retries:
+            sync_requeue_for_retry(started=started, error=exc, now=timezone.now())
+            raise RetryLater(retry_backoff(attempt)) from exc
+        return _failed(started, exc)
+    except ThrottledError as exc:
+        until = exc.until or timezone.now() + DEFAULT_THROTTLE_PAUSE
+        sync_defer(started=started, until=until, error=exc, now=timezone.now())
+        return SyncOutcome.RATE_LIMITED
+    except ProviderError as exc:
+        return _failed(started, exc)
+    except SoftTimeLimitExceeded:
+        return _failed(started, PermanentError("The sync took too long and was stopped; it will be tried again."))
+    except Exception:
+        # A bug or an unexpected library error: the details go to the log (providers never put
+        # secrets in exceptions), the user sees a short message.
+        logger.exception("Unexpected error syncing connection %s (job %s)", connection_id, job_id)
+        return _failed(started, PermanentError("Unexpected error while syncing; the operators have the details."))
+
+    written = sync_finish(started=started, rows=result.rows, api_calls=result.api_calls, now=timezone.now())
+    if written is None:
+        logger.warning("Job %s for connection %s was recovered while running; discarded", job_id, connection_id)
+        return None
+    return SyncOutcome.SUCCESS
+
+
+def _failed(started: StartedSync, error: ProviderError) -> str:
+    logger.info("Sync of connection %s failed (%s): %s", started.connection.pk, error.error_class, error.message)
+    sync_fail(started=started, error=error, now=timezone.now())
+    return SyncOutcome.ERROR

@@ -1,0 +1,349 @@
+"""The sync state machine. Every transition is one conditional UPDATE whose row count says
+whether this caller won; nothing here checks a state and then acts on it in a second statement.
+
+    idle/error --enqueue--> queued --start--> syncing --finish--> idle
+                                                      --fail----> error
+                                                      --defer---> idle (rate limited)
+                                                      --retry---> queued (same job)
+    queued/syncing past their deadline --recover--> error
+
+Provider I/O never happens here: syncing.runner calls the provider between start and finish,
+outside any transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import uuid
+from collections.abc import Iterable
+from datetime import date, datetime, timedelta
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Case, F, Q, Value, When
+from django.utils import timezone
+
+from adsync.celery import app as celery_app
+from connections.models import (
+    BUSY_STATUSES,
+    Connection,
+    SyncFrequency,
+    SyncStatus,
+    SyncTrigger,
+)
+from syncing import schedule
+from syncing.models import SyncOutcome, SyncRun, SyncWindow
+from syncing.persist import metrics_persist_changed
+from syncing.providers import provider_for
+from syncing.providers.base import MetricRow, ProviderError
+
+logger = logging.getLogger(__name__)
+
+SYNC_TASK_NAME = "syncing.sync_connection"
+
+
+class BrokerUnavailable(Exception):
+    """The job could not be handed to the queue; the connection was left as it was."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EnqueueResult:
+    job_id: uuid.UUID
+    status: str
+    created: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A connection moved to queued, with what it was before (to revert if sending fails)."""
+
+    connection_id: int
+    job_id: uuid.UUID
+    previous_status: str
+    previous_job_id: uuid.UUID | None
+
+
+@dataclasses.dataclass(frozen=True)
+class StartedSync:
+    connection: Connection
+    run: SyncRun
+    job_id: uuid.UUID
+    started_at: datetime
+    since: date
+    until: date
+    restatement: bool
+
+
+# --- enqueue ----------------------------------------------------------------------------------
+
+
+def connection_enqueue_sync(
+    *, connection: Connection, trigger: str = SyncTrigger.MANUAL, now: datetime | None = None, send: bool = True
+) -> EnqueueResult:
+    """Queue a sync for the connection, or return the job already queued or running.
+
+    Single-flight: of any number of concurrent callers exactly one moves the row to queued; the
+    others get that job. The message is sent after commit; if the broker refuses it, the row is
+    put back as it was and BrokerUnavailable is raised. With send=False the caller runs the job
+    itself (manage.py sync_now --inline).
+    """
+    now = now or timezone.now()
+    # A lost race means the row changed under us; three rounds settle it (the loser of a race
+    # with another enqueue sees queued on its next read).
+    for _ in range(3):
+        current = Connection.objects.filter(pk=connection.pk).values("sync_status", "job_id").first()
+        if current is None:
+            raise Connection.DoesNotExist(f"connection {connection.pk} no longer exists")
+        if current["sync_status"] in BUSY_STATUSES:
+            return EnqueueResult(job_id=current["job_id"], status=current["sync_status"], created=False)
+        job_id = uuid.uuid4()
+        won = (
+            Connection.objects.filter(pk=connection.pk, sync_status=current["sync_status"]).update(
+                sync_status=SyncStatus.QUEUED, job_id=job_id, queued_at=now, queued_trigger=trigger
+            )
+            == 1
+        )
+        if won:
+            claim = Claim(connection.pk, job_id, current["sync_status"], current["job_id"])
+            if send:
+                transaction.on_commit(functools.partial(jobs_send, [claim]))
+            return EnqueueResult(job_id=job_id, status=SyncStatus.QUEUED, created=True)
+    current = Connection.objects.filter(pk=connection.pk).values("sync_status", "job_id").get()
+    return EnqueueResult(job_id=current["job_id"], status=current["sync_status"], created=False)
+
+
+def jobs_send(claims: list[Claim]) -> None:
+    """Publish one sync_jobs message per claim; revert the claims that could not be sent."""
+    sent = 0
+    try:
+        with celery_app.producer_or_acquire() as producer:
+            for claim in claims:
+                celery_app.send_task(SYNC_TASK_NAME, args=[claim.connection_id, str(claim.job_id)], producer=producer)
+                sent += 1
+    except Exception as exc:  # kombu raises OperationalError, redis-py ConnectionError, OSError...
+        unsent = claims[sent:]
+        claims_revert(claims=unsent)
+        logger.warning("Broker unavailable, %d sync job(s) not queued: %s", len(unsent), exc)
+        raise BrokerUnavailable("The job queue is unavailable; try again in a moment.") from exc
+
+
+def claims_revert(*, claims: Iterable[Claim]) -> None:
+    """Put claimed rows back as they were, but only those still queued for the claimed job."""
+    for claim in claims:
+        Connection.objects.filter(pk=claim.connection_id, sync_status=SyncStatus.QUEUED, job_id=claim.job_id).update(
+            sync_status=claim.previous_status, job_id=claim.previous_job_id, queued_trigger=""
+        )
+
+
+# --- start ------------------------------------------------------------------------------------
+
+
+def sync_start(*, connection_id: int, job_id: uuid.UUID, now: datetime) -> StartedSync | None:
+    """Take the job: queued -> syncing for this job_id. None when it is not ours to run.
+
+    This is the real lock. A duplicate or redelivered message, a job that recovery already gave
+    up on, or a job superseded by a newer one all find the row in another state and return None.
+    """
+    for _ in range(3):
+        conn = Connection.objects.filter(pk=connection_id).first()
+        if conn is None or conn.sync_status != SyncStatus.QUEUED or conn.job_id != job_id:
+            return None
+        restatement = schedule.restatement_due(last_restated_at=conn.last_restated_at, now=now)
+        lookback = conn.lookback_days or _default_lookback(conn.provider)
+        since, until = schedule.sync_window(
+            timezone=conn.timezone, now=now, lookback_days=lookback if restatement else None
+        )
+        next_at = schedule.next_sync_after_start(
+            frequency=conn.sync_frequency,
+            trigger=conn.queued_trigger,
+            slot=conn.next_sync_at,
+            started_at=now,
+            public_id=conn.public_id,
+        )
+        with transaction.atomic():
+            # Also conditional on the schedule we computed from: a frequency change in between
+            # wins, and we compute again from the new values.
+            won = (
+                Connection.objects.filter(
+                    pk=connection_id,
+                    sync_status=SyncStatus.QUEUED,
+                    job_id=job_id,
+                    sync_frequency=conn.sync_frequency,
+                    next_sync_at=conn.next_sync_at,
+                ).update(
+                    sync_status=SyncStatus.SYNCING,
+                    last_sync_attempted_at=now,
+                    total_syncs_attempted=F("total_syncs_attempted") + 1,
+                    next_sync_at=next_at,
+                )
+                == 1
+            )
+            if not won:
+                continue
+            run = SyncRun.objects.create(
+                connection_id=connection_id,
+                job_id=job_id,
+                trigger=conn.queued_trigger or SyncTrigger.MANUAL,
+                window=SyncWindow.LOOKBACK if restatement else SyncWindow.RECENT,
+                window_since=since,
+                window_until=until,
+                started_at=now,
+            )
+        conn.sync_status = SyncStatus.SYNCING
+        conn.last_sync_attempted_at = now
+        conn.total_syncs_attempted += 1
+        conn.next_sync_at = next_at
+        return StartedSync(conn, run, job_id, now, since, until, restatement)
+    return None
+
+
+def _default_lookback(provider: str) -> int:
+    try:
+        return provider_for(provider).default_lookback_days
+    except ProviderError:
+        return 7
+
+
+def _mine(started: StartedSync) -> models.QuerySet[Connection]:
+    return Connection.objects.filter(pk=started.connection.pk, sync_status=SyncStatus.SYNCING, job_id=started.job_id)
+
+
+# --- finish -----------------------------------------------------------------------------------
+
+
+def sync_finish(*, started: StartedSync, rows: list[MetricRow], api_calls: int, now: datetime) -> int | None:
+    """syncing -> idle, writing only changed metric rows, in one short transaction.
+
+    Returns the number of rows written, or None when the job was no longer ours (recovery gave
+    up on it meanwhile): then nothing at all is written.
+    """
+    with transaction.atomic():
+        written = metrics_persist_changed(connection_id=started.connection.pk, rows=rows, now=now)
+        changes: dict = {
+            "sync_status": SyncStatus.IDLE,
+            "last_sync_completed_at": now,
+            "last_sync_error": None,
+            "rate_limited_until": None,
+        }
+        if written:
+            changes["last_metrics_changed_at"] = now
+            changes["total_syncs_with_changes"] = F("total_syncs_with_changes") + 1
+        if started.restatement:
+            changes["last_restated_at"] = started.started_at
+        if _mine(started).update(**changes) != 1:
+            transaction.set_rollback(True)
+            return None
+        SyncRun.objects.filter(pk=started.run.pk).update(
+            outcome=SyncOutcome.SUCCESS,
+            finished_at=now,
+            api_calls=api_calls,
+            rows_fetched=len(rows),
+            rows_written=written,
+        )
+    return written
+
+
+def sync_fail(*, started: StartedSync, error: ProviderError, now: datetime) -> bool:
+    """syncing -> error, with a short message a person can act on."""
+    with transaction.atomic():
+        if _mine(started).update(sync_status=SyncStatus.ERROR, last_sync_error=error.message) != 1:
+            return False
+        _run_close(started, SyncOutcome.ERROR, error, now)
+    return True
+
+
+def sync_defer(*, started: StartedSync, until: datetime, error: ProviderError, now: datetime) -> bool:
+    """syncing -> idle while the platform throttles us: not a failure, resumes by itself."""
+    with transaction.atomic():
+        won = _mine(started).update(
+            sync_status=SyncStatus.IDLE,
+            rate_limited_until=until,
+            # Manual connections stay unscheduled; scheduled ones wait until access is regained.
+            next_sync_at=Case(
+                When(sync_frequency=SyncFrequency.MANUAL, then=Value(None)),
+                When(Q(next_sync_at__isnull=True) | Q(next_sync_at__lt=until), then=Value(until)),
+                default=F("next_sync_at"),
+            ),
+        )
+        if won != 1:
+            return False
+        _run_close(started, SyncOutcome.RATE_LIMITED, error, now)
+    return True
+
+
+def sync_requeue_for_retry(*, started: StartedSync, error: ProviderError, now: datetime) -> bool:
+    """syncing -> queued for the same job, so the retried task can start it again."""
+    with transaction.atomic():
+        if _mine(started).update(sync_status=SyncStatus.QUEUED, queued_at=now) != 1:
+            return False
+        _run_close(started, SyncOutcome.RETRYING, error, now)
+    return True
+
+
+def _run_close(started: StartedSync, outcome: str, error: ProviderError, now: datetime) -> None:
+    SyncRun.objects.filter(pk=started.run.pk).update(
+        outcome=outcome,
+        finished_at=now,
+        api_calls=error.api_calls,
+        error_class=error.error_class,
+        error_message=error.message,
+    )
+
+
+# --- recover ----------------------------------------------------------------------------------
+
+LOST_IN_QUEUE = (
+    "The sync job was lost before a worker picked it up (queued for over {minutes} min). "
+    "It will run again at the next scheduled time, or press Sync Now."
+)
+LOST_WHILE_SYNCING = (
+    "The sync was interrupted: its worker stopped before finishing. "
+    "It will run again at the next scheduled time, or press Sync Now."
+)
+
+
+def syncs_recover_stuck(*, now: datetime) -> int:
+    """Return jobs nobody is running to a runnable state, with a clear last_sync_error.
+
+    Queued too long: the message was lost (Redis flushed, worker killed before it started).
+    Syncing past the task's hard time limit: the worker died (a killed task is never reported).
+    A late worker that wakes up afterwards finds the row changed and writes nothing.
+    """
+    queued_deadline = now - timedelta(seconds=settings.SYNC_QUEUED_TIMEOUT)
+    syncing_deadline = now - timedelta(seconds=settings.SYNC_TASK_TIME_LIMIT + settings.SYNC_RECOVERY_GRACE)
+    lost_queued = Connection.objects.filter(sync_status=SyncStatus.QUEUED, queued_at__lt=queued_deadline).update(
+        sync_status=SyncStatus.ERROR,
+        last_sync_error=LOST_IN_QUEUE.format(minutes=max(1, settings.SYNC_QUEUED_TIMEOUT // 60)),
+    )
+    # queued_at precedes the start, so the redundant bound lets the busy index serve this.
+    lost_syncing = Connection.objects.filter(
+        sync_status=SyncStatus.SYNCING,
+        queued_at__lt=syncing_deadline,
+        last_sync_attempted_at__lt=syncing_deadline,
+    ).update(sync_status=SyncStatus.ERROR, last_sync_error=LOST_WHILE_SYNCING)
+    SyncRun.objects.filter(outcome=SyncOutcome.RUNNING, started_at__lt=syncing_deadline).update(
+        outcome=SyncOutcome.INTERRUPTED,
+        finished_at=now,
+        error_class="interrupted",
+        error_message=LOST_WHILE_SYNCING,
+    )
+    if lost_queued or lost_syncing:
+        logger.warning("Recovered %d lost queued and %d interrupted sync job(s)", lost_queued, lost_syncing)
+    return lost_queued + lost_syncing
+
+
+def sync_runs_prune(*, now: datetime, batch: int = 10_000) -> int:
+    """Delete finished runs older than the retention period, a batch at a time."""
+    cutoff = now - timedelta(days=settings.SYNC_RUN_RETENTION_DAYS)
+    deleted = 0
+    while True:
+        ids = list(
+            SyncRun.objects.filter(started_at__lt=cutoff)
+            .exclude(outcome=SyncOutcome.RUNNING)
+            .values_list("pk", flat=True)[:batch]
+        )
+        if not ids:
+            return deleted
+        deleted += SyncRun.objects.filter(pk__in=ids).delete()[0]
