@@ -10,6 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 # Tests run on PostgreSQL and Redis; override these to point elsewhere.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/adsync
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) SECRET_KEY=test-only-secret
 
 .PHONY: install run test test-postgres test-embedded lint format bench clean
 
@@ -38,7 +39,7 @@ run: install
 test: install test-postgres test-embedded
 
 test-postgres:
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(VENV)/bin/pytest
+	$(TEST_ENV) $(VENV)/bin/pytest
 
 # The embedded mode's own SQL (SQLite upsert, claims without row locks) on the same tests.
 test-embedded:
@@ -54,7 +55,7 @@ format: install
 
 # Benchmarks are not tests: each prints its figures (see bench/README.md).
 bench: install
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/run_all.py
+	$(TEST_ENV) $(PY) bench/run_all.py
 
 clean:
 	rm -rf .data .pytest_cache artifacts

@@ -134,6 +134,8 @@ SYNC_RECOVERY_GRACE = envint("SYNC_RECOVERY_GRACE", 30, minimum=0)
 SYNC_RESTATEMENT_INTERVAL_HOURS = envint("SYNC_RESTATEMENT_INTERVAL_HOURS", 6, minimum=1)
 # Transient provider errors are retried this many times, with exponential backoff.
 SYNC_TRANSIENT_RETRIES = envint("SYNC_TRANSIENT_RETRIES", 3, minimum=0)
+# First retry after this many seconds, doubling each time, capped at a minute.
+SYNC_RETRY_BACKOFF = envfloat("SYNC_RETRY_BACKOFF", 5.0, minimum=0.0)
 SYNC_RUN_RETENTION_DAYS = envint("SYNC_RUN_RETENTION_DAYS", 14, minimum=1)
 
 # --- Celery ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import uuid
 from datetime import timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
 from django.utils import timezone
 
 from syncing.models import SyncOutcome
@@ -42,8 +43,9 @@ class RetryLater(Exception):
 
 
 def retry_backoff(attempt: int) -> float:
-    """5 s, 10 s, 20 s, ... capped at a minute: well inside the queued-job deadline."""
-    return float(min(60, 5 * 2**attempt))
+    """5 s, 10 s, 20 s, ... (SYNC_RETRY_BACKOFF doubling) capped at a minute, which keeps a
+    retrying job well inside the queued-job recovery deadline."""
+    return float(min(60.0, settings.SYNC_RETRY_BACKOFF * 2**attempt))
 
 
 def connection_sync_run(*, connection_id: int, job_id: uuid.UUID, attempt: int = 0, max_retries: int = 0) -> str | None:

@@ -1,0 +1,118 @@
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import connection as db
+
+from syncing.models import DailyMetric
+from syncing.persist import metrics_persist_changed
+from syncing.providers.base import MetricRow
+
+pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def row(entity: str = "c1", day: date = date(2026, 11, 27), **values) -> MetricRow:
+    fields = {
+        "level": "campaign",
+        "entity_id": entity,
+        "date": day,
+        "entity_name": f"Campaign {entity}",
+        "spend": Decimal("12.34"),
+        "impressions": 1000,
+        "clicks": 50,
+        "conversions": Decimal("3"),
+        "conversion_value": Decimal("99.90"),
+        "currency": "USD",
+    }
+    fields.update(values)
+    return MetricRow(**fields)
+
+
+def test_persist_inserts_new_rows_and_counts_them(connection):
+    written = metrics_persist_changed(connection_id=connection.pk, rows=[row("c1"), row("c2")], now=NOW)
+
+    assert written == 2
+    stored = DailyMetric.objects.get(connection=connection, entity_id="c1")
+    assert stored.spend == Decimal("12.34")
+    assert stored.conversion_value == Decimal("99.90")
+    assert stored.impressions == 1000
+    assert stored.updated_at == NOW
+
+
+def test_persist_unchanged_rows_write_nothing(connection):
+    rows = [row("c1"), row("c2"), row("c1", date(2026, 11, 28))]
+    metrics_persist_changed(connection_id=connection.pk, rows=rows, now=NOW)
+
+    written = metrics_persist_changed(connection_id=connection.pk, rows=rows, now=NOW + timedelta(minutes=1))
+
+    assert written == 0
+    assert set(DailyMetric.objects.values_list("updated_at", flat=True)) == {NOW}
+
+
+def test_persist_counts_only_changed_rows(connection):
+    metrics_persist_changed(connection_id=connection.pk, rows=[row("c1"), row("c2"), row("c3")], now=NOW)
+    later = NOW + timedelta(minutes=1)
+
+    written = metrics_persist_changed(
+        connection_id=connection.pk,
+        rows=[row("c1"), row("c2", spend=Decimal("12.35")), row("c3", entity_name="Renamed"), row("c4")],
+        now=later,
+    )
+
+    assert written == 3  # c2 spend, c3 name, c4 new
+    assert DailyMetric.objects.get(entity_id="c1").updated_at == NOW
+    assert DailyMetric.objects.get(entity_id="c2").spend == Decimal("12.35")
+    assert DailyMetric.objects.get(entity_id="c2").updated_at == later
+    assert DailyMetric.objects.get(entity_id="c3").entity_name == "Renamed"
+
+
+def test_persist_same_value_at_another_scale_is_not_a_change(connection):
+    metrics_persist_changed(connection_id=connection.pk, rows=[row(spend=Decimal("10.5"))], now=NOW)
+
+    assert metrics_persist_changed(connection_id=connection.pk, rows=[row(spend=Decimal("10.500000"))], now=NOW) == 0
+
+
+def test_persist_micros_stay_exact(connection):
+    spend = Decimal(123456789) / Decimal(1_000_000)  # Google's cost_micros
+
+    metrics_persist_changed(connection_id=connection.pk, rows=[row(spend=spend)], now=NOW)
+
+    assert DailyMetric.objects.get().spend == Decimal("123.456789")
+
+
+def test_persist_duplicate_keys_in_one_fetch_last_wins(connection):
+    written = metrics_persist_changed(connection_id=connection.pk, rows=[row(clicks=1), row(clicks=2)], now=NOW)
+
+    assert written == 1
+    assert DailyMetric.objects.get().clicks == 2
+
+
+def test_persist_keeps_connections_apart(make_connection):
+    first, second = make_connection(), make_connection()
+    metrics_persist_changed(connection_id=first.pk, rows=[row()], now=NOW)
+
+    assert metrics_persist_changed(connection_id=second.pk, rows=[row()], now=NOW) == 1
+    assert DailyMetric.objects.count() == 2
+
+
+def test_persist_empty_fetch_writes_nothing(connection):
+    assert metrics_persist_changed(connection_id=connection.pk, rows=[], now=NOW) == 0
+
+
+def test_persist_many_rows_in_one_call(connection):
+    rows = [row(f"c{i}", date(2026, 1, 1) + timedelta(days=d)) for i in range(30) for d in range(40)]
+
+    assert metrics_persist_changed(connection_id=connection.pk, rows=rows, now=NOW) == 1200
+    changed = [r if i % 10 else row(r.entity_id, r.date, clicks=7) for i, r in enumerate(rows)]
+    assert metrics_persist_changed(connection_id=connection.pk, rows=changed, now=NOW) == 120
+    assert DailyMetric.objects.filter(clicks=7).count() == 120
+
+
+def test_persist_uses_the_backend_statement(connection, django_assert_num_queries):
+    # One statement on PostgreSQL (MERGE); SQLite writes in chunks of 500 rows.
+    rows = [row(f"c{i}") for i in range(600)]
+    expected = 1 if db.vendor == "postgresql" else 2
+    with django_assert_num_queries(expected):
+        metrics_persist_changed(connection_id=connection.pk, rows=rows, now=NOW)

@@ -1,0 +1,150 @@
+"""End to end with a real `celery worker` subprocess on PostgreSQL and Redis."""
+
+import os
+import signal
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django.utils import timezone
+
+from connections.models import Connection, SyncFrequency
+from syncing.dispatcher import syncs_dispatch_due
+from syncing.models import DailyMetric, SyncOutcome, SyncRun
+from syncing.services import LOST_WHILE_SYNCING, connection_enqueue_sync, syncs_recover_stuck
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def status_of(connection) -> str:
+    return Connection.objects.values_list("sync_status", flat=True).get(pk=connection.pk)
+
+
+def observe_statuses(connection, until: set[str], timeout: float = 30) -> list[str]:
+    """The distinct statuses seen while polling, in order, until one in `until` is reached."""
+    seen: list[str] = []
+
+    def done():
+        status = status_of(connection)
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        return status in until
+
+    wait_for(done, timeout=timeout, interval=0.02, message=f"status in {until}")
+    return seen
+
+
+def test_sync_now_runs_queued_syncing_idle_on_a_real_worker(make_connection, start_worker):
+    start_worker()
+    # A little simulated API latency so that "syncing" can be observed.
+    connection = make_connection(provider_options={"latency_ms": 600})
+
+    result = connection_enqueue_sync(connection=connection)
+
+    assert result.status == "queued"
+    assert observe_statuses(connection, until={"idle", "error"}) == ["queued", "syncing", "idle"]
+    connection.refresh_from_db()
+    assert connection.total_syncs_attempted == 1
+    assert connection.total_syncs_with_changes == 1
+    assert connection.last_sync_error is None
+    assert connection.last_sync_attempted_at <= connection.last_sync_completed_at
+    assert connection.last_metrics_changed_at == connection.last_sync_completed_at
+    # First sync backfills the lookback window: 8 days x 4 demo campaigns.
+    assert DailyMetric.objects.filter(connection=connection).count() == 32
+    run = SyncRun.objects.get(connection=connection)
+    assert (run.job_id, run.outcome, run.rows_written, run.api_calls) == (result.job_id, "success", 32, 1)
+
+
+def test_dispatcher_feeds_the_worker(make_connection, start_worker):
+    start_worker()
+    connections = [make_connection(sync_frequency=SyncFrequency.REALTIME) for _ in range(5)]
+
+    result = syncs_dispatch_due(now=timezone.now())
+
+    assert result.sent == 5
+    wait_for(
+        lambda: Connection.objects.filter(sync_status="idle", total_syncs_attempted=1).count() == 5,
+        timeout=30,
+        message="five dispatched syncs to finish",
+    )
+    for connection in connections:
+        connection.refresh_from_db()
+        # Slot-based: the next slot is 30 s after the slot just served.
+        assert connection.next_sync_at > timezone.now()
+
+
+def test_provider_error_ends_in_error_with_the_message(make_connection, start_worker):
+    start_worker()
+    connection = make_connection(provider_options={"simulate_error": "auth"})
+
+    connection_enqueue_sync(connection=connection)
+
+    wait_for(lambda: status_of(connection) == "error", message="the sync to fail")
+    connection.refresh_from_db()
+    assert connection.last_sync_error == "Demo access expired — reconnect the account (simulated)"
+    assert connection.total_syncs_attempted == 1
+
+
+def test_transient_error_is_retried_then_reported(make_connection, start_worker):
+    start_worker(SYNC_TRANSIENT_RETRIES="2", SYNC_RETRY_BACKOFF="0.1")
+    connection = make_connection(provider_options={"simulate_error": "transient"})
+
+    job = connection_enqueue_sync(connection=connection)
+
+    wait_for(lambda: status_of(connection) == "error", message="the retries to run out")
+    runs = list(SyncRun.objects.filter(job_id=job.job_id).order_by("started_at").values_list("outcome", flat=True))
+    assert runs == [SyncOutcome.RETRYING, SyncOutcome.RETRYING, SyncOutcome.ERROR]
+    connection.refresh_from_db()
+    assert connection.total_syncs_attempted == 3
+    assert connection.last_sync_error == "Demo platform is temporarily unavailable (simulated)"
+
+
+def test_worker_killed_mid_sync_is_recovered_and_nothing_duplicated(make_connection, start_worker, broker):
+    worker = start_worker()
+    connection = make_connection(provider_options={"latency_ms": 60_000})
+    connection_enqueue_sync(connection=connection)
+    wait_for(lambda: status_of(connection) == "syncing", message="the sync to start")
+
+    worker.kill()  # SIGKILL the whole worker, as the OOM killer would
+
+    assert status_of(connection) == "syncing"
+    # No redelivery rescues it (the message waits for the visibility timeout): the dispatcher's
+    # recovery does, once the task's hard time limit has certainly passed.
+    later = timezone.now() + timedelta(seconds=settings.SYNC_TASK_TIME_LIMIT + settings.SYNC_RECOVERY_GRACE + 1)
+    assert syncs_recover_stuck(now=later) == 1
+    connection.refresh_from_db()
+    assert (connection.sync_status, connection.last_sync_error) == ("error", LOST_WHILE_SYNCING)
+    assert SyncRun.objects.get().outcome == SyncOutcome.INTERRUPTED
+
+    # Back in business with a new worker: the next Sync Now completes.
+    Connection.objects.filter(pk=connection.pk).update(provider_options={})
+    start_worker()
+    connection_enqueue_sync(connection=connection)
+    wait_for(lambda: status_of(connection) == "idle", message="the retry to finish")
+    connection.refresh_from_db()
+    assert connection.last_sync_error is None
+    assert DailyMetric.objects.filter(connection=connection).count() == 32
+    assert list(SyncRun.objects.order_by("started_at").values_list("outcome", flat=True)) == [
+        SyncOutcome.INTERRUPTED,
+        SyncOutcome.SUCCESS,
+    ]
+
+
+def test_pool_process_killed_mid_sync_redelivery_is_a_no_op(make_connection, start_worker, broker):
+    worker = start_worker(concurrency=1)
+    connection = make_connection(provider_options={"latency_ms": 60_000})
+    job = connection_enqueue_sync(connection=connection)
+    wait_for(lambda: status_of(connection) == "syncing", message="the sync to start")
+    (child,) = worker.pool_pids()
+
+    os.kill(child, signal.SIGKILL)
+
+    # reject_on_worker_lost puts the message back at once and the new pool process takes it;
+    # the start transition refuses it (the job is already syncing), so it is acknowledged and
+    # nothing runs twice.
+    wait_for(lambda: "not queued any more" in worker.log_path.read_text(), message="the redelivered copy")
+    wait_for(lambda: broker.llen("sync_jobs") == 0 and broker.hlen("unacked") == 0, message="the queue to drain")
+    connection.refresh_from_db()
+    assert (connection.sync_status, connection.job_id, connection.total_syncs_attempted) == ("syncing", job.job_id, 1)
+    assert SyncRun.objects.count() == 1
