@@ -39,6 +39,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "connections",
     "syncing",
@@ -208,10 +210,34 @@ DJANGO_CELERY_BEAT_TZ_AWARE = True
 
 # --- API ------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
+    # The token class comes first so that a request without credentials gets 401 with a
+    # WWW-Authenticate challenge rather than 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "connections.authentication.TokenAuthentication",
+        "connections.authentication.CookieTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "AdSync API",
+    "DESCRIPTION": (
+        "Keep advertising metrics fresh. Authenticate with `Authorization: Token <key>` (or `Bearer`), "
+        "the `access_token` cookie, or a signed-in session. Issue keys with `manage.py create_api_token`."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # --- Logging --------------------------------------------------------------------------------

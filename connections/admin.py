@@ -3,7 +3,17 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from connections.models import BUSY_STATUSES, Connection, Membership, SyncFrequency, SyncStatus, SyncTrigger, Workspace
+from connections.authentication import api_token_issue
+from connections.models import (
+    BUSY_STATUSES,
+    ApiToken,
+    Connection,
+    Membership,
+    SyncFrequency,
+    SyncStatus,
+    SyncTrigger,
+    Workspace,
+)
 from connections.services import connections_set_frequency_all
 from connections.status import connection_freshness, relative_time, stats_line
 from syncing.services import BrokerUnavailable, connection_enqueue_sync
@@ -118,3 +128,33 @@ class ConnectionAdmin(admin.ModelAdmin):
             sync_status=SyncStatus.ERROR, last_sync_error="Reset by an operator; press Sync Now to try again."
         )
         self.message_user(request, f"Reset {count} stuck connection(s).")
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ["prefix", "name", "user", "created_at", "last_used_at", "revoked_at"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["prefix", "name", "user__username"]
+    list_select_related = ["user"]
+    fields = ["user", "name", "prefix", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
+    autocomplete_fields = ["user"]
+    actions = ["revoke"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*self.readonly_fields, "user"] if obj else self.readonly_fields
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        token, key = api_token_issue(user=obj.user, name=obj.name)
+        obj.pk = token.pk
+        obj.prefix, obj.key_hash, obj.created_at = token.prefix, token.key_hash, token.created_at
+        # Shown once: only the hash is stored.
+        self.message_user(request, f"New API key (copy it now, it is not shown again): {key}", messages.WARNING)
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, f"Revoked {count} token(s).")

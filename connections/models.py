@@ -168,6 +168,8 @@ class Connection(models.Model):
                 condition=Q(sync_status__in=BUSY_STATUSES),
                 name="connections_busy_idx",
             ),
+            # syncing.selectors.job_get_for_user: GET /jobs/{job_id}, which scripts poll.
+            models.Index(fields=["job_id"], name="connections_job_idx"),
         ]
 
     def __str__(self) -> str:
@@ -176,3 +178,24 @@ class Connection(models.Model):
     @property
     def sync_interval(self) -> timedelta | None:
         return SYNC_INTERVALS[self.sync_frequency]
+
+
+class ApiToken(models.Model):
+    """A revocable API key. Only its SHA-256 is stored: the key is shown once, when issued."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True, default="")
+    # The first characters of the key, so a person can tell their tokens apart.
+    prefix = models.CharField(max_length=12)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "api_tokens"
+        ordering = ["-created_at"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"

@@ -20,6 +20,8 @@ def connections_for_user(*, user: AbstractBaseUser) -> QuerySet[Connection]:
 def connection_get_for_user(*, user: AbstractBaseUser, public_id: uuid.UUID | str) -> Connection:
     """The connection, or Http404 whether it does not exist or belongs to another workspace."""
     try:
+        public_id = uuid.UUID(str(public_id))
         return connections_for_user(user=user).get(public_id=public_id)
     except (Connection.DoesNotExist, ValueError):
+        # A malformed id is just another id that names nothing you may see.
         raise Http404("No connection with that id") from None
