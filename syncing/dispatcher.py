@@ -51,11 +51,11 @@ def connections_claim_due(*, now: datetime, limit: int) -> list[Claim]:
             Connection.objects.filter(sync_status__in=RUNNABLE_STATUSES, next_sync_at__lte=now)
             .order_by("next_sync_at")
             .select_for_update(skip_locked=True)
-            .values_list("pk", "sync_status", "job_id")[:limit]
+            .values_list("pk", "sync_status", "job_id", "queued_at", "queued_trigger")[:limit]
         )
         if not due:
             return []
-        ids = [pk for pk, _, _ in due]
+        ids = [row[0] for row in due]
         # The rows are locked, so the condition always holds here; it stays as the state
         # machine's guard (and for SQLite, which has no row locks but one writer at a time).
         Connection.objects.filter(pk__in=ids, sync_status__in=RUNNABLE_STATUSES).update(
@@ -66,7 +66,7 @@ def connections_claim_due(*, now: datetime, limit: int) -> list[Claim]:
                 "pk", "job_id"
             )
         )
-    return [Claim(pk, job_ids[pk], status, job_id) for pk, status, job_id in due if pk in job_ids]
+    return [Claim(pk, job_ids[pk], *previous) for pk, *previous in due if pk in job_ids]
 
 
 def syncs_dispatch_due(*, now: datetime, limit: int | None = None) -> DispatchResult:

@@ -63,6 +63,8 @@ class Claim:
     job_id: uuid.UUID
     previous_status: str
     previous_job_id: uuid.UUID | None
+    previous_queued_at: datetime | None
+    previous_trigger: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +95,11 @@ def connection_enqueue_sync(
     # A lost race means the row changed under us; three rounds settle it (the loser of a race
     # with another enqueue sees queued on its next read).
     for _ in range(3):
-        current = Connection.objects.filter(pk=connection.pk).values("sync_status", "job_id").first()
+        current = (
+            Connection.objects.filter(pk=connection.pk)
+            .values("sync_status", "job_id", "queued_at", "queued_trigger")
+            .first()
+        )
         if current is None:
             raise Connection.DoesNotExist(f"connection {connection.pk} no longer exists")
         if current["sync_status"] in BUSY_STATUSES:
@@ -106,7 +112,14 @@ def connection_enqueue_sync(
             == 1
         )
         if won:
-            claim = Claim(connection.pk, job_id, current["sync_status"], current["job_id"])
+            claim = Claim(
+                connection.pk,
+                job_id,
+                current["sync_status"],
+                current["job_id"],
+                current["queued_at"],
+                current["queued_trigger"],
+            )
             if send:
                 transaction.on_commit(functools.partial(jobs_send, [claim]))
             return EnqueueResult(job_id=job_id, status=SyncStatus.QUEUED, created=True)
@@ -133,7 +146,10 @@ def claims_revert(*, claims: Iterable[Claim]) -> None:
     """Put claimed rows back as they were, but only those still queued for the claimed job."""
     for claim in claims:
         Connection.objects.filter(pk=claim.connection_id, sync_status=SyncStatus.QUEUED, job_id=claim.job_id).update(
-            sync_status=claim.previous_status, job_id=claim.previous_job_id, queued_trigger=""
+            sync_status=claim.previous_status,
+            job_id=claim.previous_job_id,
+            queued_at=claim.previous_queued_at,
+            queued_trigger=claim.previous_trigger,
         )
 
 
