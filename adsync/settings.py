@@ -6,6 +6,7 @@ Redis, as in production and CI. Both run the same code paths.
 """
 
 import base64
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -48,6 +49,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves /static/ under gunicorn too (the admin's CSS, the API docs' scripts).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -108,6 +111,12 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(envstr("STATIC_ROOT", str(BASE_DIR / ".data" / "staticfiles")))
+# WhiteNoise serves collected files from STATIC_ROOT and, so that runserver, tests and a fresh
+# checkout need no collectstatic, also straight from the apps' static folders.
+WHITENOISE_USE_FINDERS = True
+# (suppressed: a read-only image that collected its files elsewhere)
+with contextlib.suppress(OSError):
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 LOGIN_URL = "/admin/login/"
 
@@ -154,13 +163,15 @@ else:
     # kombu's filesystem transport works across processes on one machine; its default polling
     # (1 s) caps it near 5 tasks/s, 50 ms makes it keep up with a realtime demo.
     _broker_dir = DATA_DIR / "broker"
-    for _sub in ("queue", "processed"):
+    for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        # Without this kombu writes its control files to ./control in the working directory.
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
         "polling_interval": 0.05,
         "visibility_timeout": BROKER_VISIBILITY_TIMEOUT,

@@ -7,6 +7,7 @@ from datetime import datetime
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from connections.models import Connection, Membership, Provider, SyncFrequency, Workspace
@@ -94,12 +95,20 @@ def connection_set_frequency(*, connection: Connection, frequency: str, now: dat
     return connection
 
 
-def connections_set_frequency_all(*, connections, frequency: str, now: datetime | None = None) -> int:
-    """Set many connections' frequency (manage.py set_sync_frequency --all, admin actions)."""
+def connections_set_frequency_all(
+    *, connections: QuerySet[Connection], frequency: str, now: datetime | None = None
+) -> int:
+    """Set many connections' frequency (manage.py set_sync_frequency --all, admin actions).
+
+    Pausing (manual) is one UPDATE however many rows: nothing per row to compute. Any other
+    frequency schedules each connection from its own last attempt, one short UPDATE each.
+    """
     frequency = frequency_validate(frequency)
+    if frequency == SyncFrequency.MANUAL:
+        return connections.update(sync_frequency=frequency, next_sync_at=None)
     now = now or timezone.now()
     count = 0
-    for connection in connections:
+    for connection in connections.only("pk", "public_id").iterator():
         connection_set_frequency(connection=connection, frequency=frequency, now=now)
         count += 1
     return count

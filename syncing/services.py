@@ -310,9 +310,12 @@ def _run_close(started: StartedSync, outcome: str, error: ProviderError, now: da
 
 # --- recover ----------------------------------------------------------------------------------
 
+# The slot of a job lost in the queue is still due, so a scheduled connection is claimed again
+# on the next dispatcher tick; a job lost while syncing had already moved next_sync_at on, so it
+# waits for its next slot.
 LOST_IN_QUEUE = (
     "The sync job was lost before a worker picked it up (queued for over {minutes} min). "
-    "It will run again at the next scheduled time, or press Sync Now."
+    "Scheduled syncs retry by themselves; press Sync Now to retry now."
 )
 LOST_WHILE_SYNCING = (
     "The sync was interrupted: its worker stopped before finishing. "

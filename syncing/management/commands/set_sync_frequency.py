@@ -18,7 +18,7 @@ from django.utils import timezone
 from connections.models import Connection, SyncFrequency
 from connections.services import connection_set_frequency, connections_set_frequency_all, frequency_validate
 from connections.status import FREQUENCY_LABELS, next_sync_text
-from syncing.management.commands.sync_status import connection_label, connections_for_arguments
+from syncing.management.cli import connection_label, connections_for_arguments
 
 
 def next_sync_description(connection: Connection, now: datetime) -> str:
@@ -53,7 +53,9 @@ class Command(BaseCommand):
         before = {c.pk: c.sync_frequency for c in connections}
         now = timezone.now()
         if all_connections:
-            connections_set_frequency_all(connections=connections, frequency=frequency, now=now)
+            # Set-based (one UPDATE for manual); read the rows back for the report below.
+            connections_set_frequency_all(connections=Connection.objects.all(), frequency=frequency, now=now)
+            connections = list(Connection.objects.filter(pk__in=before).select_related("workspace"))
         else:
             for connection in connections:
                 connection_set_frequency(connection=connection, frequency=frequency, now=now)

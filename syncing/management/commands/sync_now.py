@@ -20,7 +20,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from connections.models import BUSY_STATUSES, Connection, SyncStatus, SyncTrigger
-from syncing.management.commands.sync_status import connection_label, connections_for_arguments
+from syncing.management.cli import connection_label, connections_for_arguments
 from syncing.models import SyncOutcome, SyncRun
 from syncing.runner import RetryLater, connection_sync_run
 from syncing.services import BrokerUnavailable, connection_enqueue_sync
