@@ -118,7 +118,9 @@ WHITENOISE_USE_FINDERS = True
 with contextlib.suppress(OSError):
     STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/settings"
+LOGOUT_REDIRECT_URL = "/login/"
 
 # --- Secrets at rest ------------------------------------------------------------------------
 # Comma-separated Fernet keys: the first encrypts, all decrypt, so a key can be rotated by

@@ -1,8 +1,11 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.http import HttpRequest, JsonResponse
 from django.shortcuts import redirect
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from connections import views
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -10,7 +13,17 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 urlpatterns = [
-    path("", lambda request: redirect("admin:connections_connection_changelist")),
+    path("", lambda request: redirect("settings")),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("settings", views.settings_page, name="settings"),
+    path("settings/status", views.settings_status, name="settings-status"),
+    path(
+        "settings/connections/<str:connection_id>/frequency",
+        views.connection_frequency_update,
+        name="settings-frequency",
+    ),
+    path("settings/connections/<str:connection_id>/sync-now", views.connection_sync_now, name="settings-sync-now"),
     path("admin/", admin.site.urls),
     path("healthz", healthz),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -125,7 +125,9 @@ class ConnectionAdmin(admin.ModelAdmin):
         # For a job the operator knows is dead (worker gone) before the automatic recovery
         # deadline. Conditional, so a job that finished meanwhile is left alone.
         count = queryset.filter(sync_status__in=BUSY_STATUSES).update(
-            sync_status=SyncStatus.ERROR, last_sync_error="Reset by an operator; press Sync Now to try again."
+            sync_status=SyncStatus.ERROR,
+            last_sync_error="Reset by an operator; press Sync Now to try again.",
+            last_sync_error_kind="interrupted",
         )
         self.message_user(request, f"Reset {count} stuck connection(s).")
 

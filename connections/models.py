@@ -107,6 +107,9 @@ class Connection(models.Model):
     total_syncs_with_changes = models.PositiveIntegerField(default=0)
     # null, not "": the spec returns `"last_sync_error": null` when the last sync succeeded.
     last_sync_error = models.TextField(null=True, blank=True)  # noqa: DJ001
+    # The kind of the last error (auth, permanent, transient, interrupted), so the Settings page
+    # can offer "Reconnect" for expired access without parsing the message.
+    last_sync_error_kind = models.CharField(max_length=16, blank=True, default="")
 
     # --- what the engine needs ---
     job_id = models.UUIDField(null=True, blank=True)

@@ -6,11 +6,12 @@ the management commands so they always say the same thing.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import dataclasses
+from datetime import UTC, datetime, timedelta
 
 from django.db import models
 
-from connections.models import SYNC_INTERVALS, Connection, SyncFrequency
+from connections.models import BUSY_STATUSES, SYNC_INTERVALS, Connection, SyncFrequency, SyncStatus
 
 FREQUENCY_LABELS = {
     SyncFrequency.MANUAL: "Manual",
@@ -88,3 +89,65 @@ def next_sync_text(connection: Connection, now: datetime) -> str:
     if connection.next_sync_at <= now:
         return "due now"
     return relative_time(connection.next_sync_at, now)
+
+
+PROVIDER_LABELS = {"meta": "Meta", "google": "Google", "demo": "Demo"}
+STATUS_LABELS = {"idle": "Idle", "queued": "Queued", "syncing": "Syncing", "error": "Error"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Moment:
+    """A point in time as the page shows it: relative text, exact time on hover."""
+
+    text: str
+    exact: str  # ISO 8601, for <time datetime> and the title tooltip
+    exact_human: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionStatusView:
+    frequency_label: str
+    status: str
+    status_label: str
+    busy: bool
+    last_attempted: Moment
+    last_completed: Moment
+    last_change: Moment
+    stats: str
+    next_sync: str
+    error: str | None
+    reconnect: bool
+    rate_limited_text: str | None
+    freshness: str
+    freshness_label: str
+
+
+def _moment(moment: datetime | None, now: datetime) -> Moment:
+    if moment is None:
+        return Moment(text="never", exact="", exact_human="")
+    utc = moment.astimezone(UTC)
+    return Moment(text=relative_time(moment, now), exact=utc.isoformat(), exact_human=f"{utc:%Y-%m-%d %H:%M:%S} UTC")
+
+
+def connection_status_view(connection: Connection, now: datetime) -> ConnectionStatusView:
+    """Everything the Settings page's status block says about one connection, as text."""
+    freshness = connection_freshness(connection, now)
+    rate_limited_text = None
+    if connection.rate_limited_until is not None and connection.rate_limited_until > now:
+        rate_limited_text = f"Rate limited — resumes {connection.rate_limited_until.astimezone(UTC):%H:%M} UTC"
+    return ConnectionStatusView(
+        frequency_label=FREQUENCY_LABELS[connection.sync_frequency],
+        status=connection.sync_status,
+        status_label=STATUS_LABELS[connection.sync_status],
+        busy=connection.sync_status in BUSY_STATUSES,
+        last_attempted=_moment(connection.last_sync_attempted_at, now),
+        last_completed=_moment(connection.last_sync_completed_at, now),
+        last_change=_moment(connection.last_metrics_changed_at, now),
+        stats=stats_line(connection.total_syncs_attempted, connection.total_syncs_with_changes),
+        next_sync=next_sync_text(connection, now),
+        error=connection.last_sync_error if connection.sync_status == SyncStatus.ERROR else None,
+        reconnect=connection.sync_status == SyncStatus.ERROR and connection.last_sync_error_kind == "auth",
+        rate_limited_text=rate_limited_text,
+        freshness=freshness,
+        freshness_label=Freshness(freshness).label,
+    )

@@ -241,6 +241,7 @@ def sync_finish(*, started: StartedSync, rows: list[MetricRow], api_calls: int, 
             "sync_status": SyncStatus.IDLE,
             "last_sync_completed_at": now,
             "last_sync_error": None,
+            "last_sync_error_kind": "",
             "rate_limited_until": None,
         }
         if written:
@@ -264,7 +265,10 @@ def sync_finish(*, started: StartedSync, rows: list[MetricRow], api_calls: int, 
 def sync_fail(*, started: StartedSync, error: ProviderError, now: datetime) -> bool:
     """syncing -> error, with a short message a person can act on."""
     with transaction.atomic():
-        if _mine(started).update(sync_status=SyncStatus.ERROR, last_sync_error=error.message) != 1:
+        failed = _mine(started).update(
+            sync_status=SyncStatus.ERROR, last_sync_error=error.message, last_sync_error_kind=error.error_class
+        )
+        if failed != 1:
             return False
         _run_close(started, SyncOutcome.ERROR, error, now)
     return True
@@ -335,13 +339,14 @@ def syncs_recover_stuck(*, now: datetime) -> int:
     lost_queued = Connection.objects.filter(sync_status=SyncStatus.QUEUED, queued_at__lt=queued_deadline).update(
         sync_status=SyncStatus.ERROR,
         last_sync_error=LOST_IN_QUEUE.format(minutes=max(1, settings.SYNC_QUEUED_TIMEOUT // 60)),
+        last_sync_error_kind="interrupted",
     )
     # queued_at precedes the start, so the redundant bound lets the busy index serve this.
     lost_syncing = Connection.objects.filter(
         sync_status=SyncStatus.SYNCING,
         queued_at__lt=syncing_deadline,
         last_sync_attempted_at__lt=syncing_deadline,
-    ).update(sync_status=SyncStatus.ERROR, last_sync_error=LOST_WHILE_SYNCING)
+    ).update(sync_status=SyncStatus.ERROR, last_sync_error=LOST_WHILE_SYNCING, last_sync_error_kind="interrupted")
     SyncRun.objects.filter(outcome=SyncOutcome.RUNNING, started_at__lt=syncing_deadline).update(
         outcome=SyncOutcome.INTERRUPTED,
         finished_at=now,

@@ -1,0 +1,115 @@
+"""The Settings page: server-rendered, live by polling a partial, and usable without JavaScript.
+
+Every form posts and redirects back with a message; with JavaScript the same forms are sent
+with fetch and answer JSON, so the row updates in place.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from connections.models import Connection, SyncFrequency, SyncTrigger
+from connections.selectors import connection_get_for_user, connections_for_user
+from connections.services import connection_set_frequency
+from connections.status import FREQUENCY_LABELS, PROVIDER_LABELS, connection_status_view
+from syncing.services import BrokerUnavailable, connection_enqueue_sync
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+def _row(connection: Connection, now) -> dict:
+    return {"connection": connection, "status": connection_status_view(connection, now)}
+
+
+def _status_html(request: HttpRequest, connection: Connection, now) -> str:
+    return render_to_string("settings/_status.html", _row(connection, now), request=request)
+
+
+@login_required
+@require_GET
+def settings_page(request: HttpRequest) -> HttpResponse:
+    now = timezone.now()
+    connections = connections_for_user(user=request.user).order_by("workspace__name", "name", "id")
+    rows = [_row(c, now) for c in connections]
+    return render(
+        request,
+        "settings/page.html",
+        {
+            "rows": rows,
+            "frequencies": SyncFrequency.choices,
+            "provider_labels": PROVIDER_LABELS,
+            "any_busy": any(row["status"].busy for row in rows),
+        },
+    )
+
+
+@login_required
+@require_GET
+def settings_status(request: HttpRequest) -> JsonResponse:
+    """The status block of each connection, rendered on the server, for the page to poll."""
+    now = timezone.now()
+    connections = list(connections_for_user(user=request.user))
+    return JsonResponse(
+        {
+            "rows": {str(c.public_id): _status_html(request, c, now) for c in connections},
+            "busy": any(connection_status_view(c, now).busy for c in connections),
+        }
+    )
+
+
+def _reply(request: HttpRequest, connection: Connection, level: int, text: str, status: int = 200) -> HttpResponse:
+    if _wants_json(request):
+        connection.refresh_from_db()
+        now = timezone.now()
+        return JsonResponse(
+            {
+                "message": text,
+                "level": messages.DEFAULT_TAGS[level],
+                "status_html": _status_html(request, connection, now),
+                "busy": connection_status_view(connection, now).busy,
+            },
+            status=status,
+        )
+    messages.add_message(request, level, text)
+    return redirect(f"/settings#connection-{connection.public_id}")
+
+
+@login_required
+@require_POST
+def connection_frequency_update(request: HttpRequest, connection_id: str) -> HttpResponse:
+    connection = connection_get_for_user(user=request.user, public_id=connection_id)
+    frequency = request.POST.get("sync_frequency", "")
+    try:
+        connection_set_frequency(connection=connection, frequency=frequency)
+    except ValidationError as exc:
+        return _reply(request, connection, messages.ERROR, exc.messages[0], status=400)
+    return _reply(
+        request,
+        connection,
+        messages.SUCCESS,
+        f"{connection.name}: sync frequency set to {FREQUENCY_LABELS[frequency]}.",
+    )
+
+
+@login_required
+@require_POST
+def connection_sync_now(request: HttpRequest, connection_id: str) -> HttpResponse:
+    connection = connection_get_for_user(user=request.user, public_id=connection_id)
+    try:
+        result = connection_enqueue_sync(connection=connection, trigger=SyncTrigger.MANUAL)
+    except BrokerUnavailable as exc:
+        return _reply(request, connection, messages.ERROR, str(exc), status=503)
+    if result.created:
+        text = f"{connection.name}: sync queued."
+    else:
+        text = f"{connection.name}: a sync is already {result.status}; it will finish first."
+    return _reply(request, connection, messages.SUCCESS, text, status=202 if _wants_json(request) else 200)

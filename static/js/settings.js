@@ -1,0 +1,80 @@
+// Settings page: keep each connection's status block live, and send the forms without a reload.
+// Without JavaScript the forms post and redirect back, so nothing here is required.
+(function () {
+  "use strict";
+
+  var root = document.querySelector("[data-status-url]");
+  if (!root) return;
+
+  var statusUrl = root.getAttribute("data-status-url");
+  var busy = root.getAttribute("data-busy") === "true";
+  var timer = null;
+
+  // Poll every second while a sync is queued or running, every two seconds otherwise, and
+  // rarely while the tab is hidden (nobody is looking; catch up as soon as it is shown).
+  function delay() {
+    if (document.hidden) return 30000;
+    return busy ? 1000 : 2000;
+  }
+
+  function schedule(ms) {
+    window.clearTimeout(timer);
+    timer = window.setTimeout(poll, ms === undefined ? delay() : ms);
+  }
+
+  function replaceStatus(id, html) {
+    var block = document.getElementById("status-" + id);
+    if (block && block.innerHTML !== html) block.innerHTML = html;
+  }
+
+  function poll() {
+    fetch(statusUrl, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+      .then(function (response) {
+        if (!response.ok) throw new Error("status " + response.status);
+        return response.json();
+      })
+      .then(function (data) {
+        Object.keys(data.rows).forEach(function (id) { replaceStatus(id, data.rows[id]); });
+        busy = data.busy;
+      })
+      .catch(function () { /* offline or signed out: try again later */ })
+      .then(function () { schedule(); });
+  }
+
+  document.addEventListener("visibilitychange", function () {
+    schedule(document.hidden ? undefined : 0);
+  });
+
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form.hasAttribute("data-async")) return;
+    event.preventDefault();
+    var card = form.closest(".connection");
+    var message = card.querySelector(".row-message");
+    var buttons = form.querySelectorAll("button");
+    buttons.forEach(function (b) { b.disabled = true; });
+    fetch(form.action, {
+      method: "POST",
+      body: new FormData(form),
+      headers: { Accept: "application/json" },
+      credentials: "same-origin",
+    })
+      .then(function (response) { return response.json(); })
+      .then(function (data) {
+        message.textContent = data.message;
+        message.className = "row-message message-" + data.level;
+        card.querySelector(".status").innerHTML = data.status_html;
+        busy = busy || data.busy;
+      })
+      .catch(function () {
+        message.textContent = "Could not reach AdSync; please try again.";
+        message.className = "row-message message-error";
+      })
+      .then(function () {
+        buttons.forEach(function (b) { b.disabled = false; });
+        schedule(busy ? 500 : undefined);
+      });
+  });
+
+  schedule();
+})();
