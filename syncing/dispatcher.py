@@ -17,6 +17,8 @@ from django.conf import settings
 from django.db import models, transaction
 
 from connections.models import RUNNABLE_STATUSES, Connection, SyncStatus, SyncTrigger
+from syncing.budget import Budget, budget_available_at, budgets_used
+from syncing.providers import PROVIDERS
 from syncing.services import BrokerUnavailable, Claim, jobs_send, syncs_recover_stuck
 
 logger = logging.getLogger(__name__)
@@ -45,17 +47,25 @@ class DispatchResult:
 
 
 def connections_claim_due(*, now: datetime, limit: int) -> list[Claim]:
-    """Move up to `limit` due connections to queued; return them. Sends nothing."""
+    """Move up to `limit` due connections to queued; return them. Sends nothing.
+
+    A due connection whose provider budget has no call left for it is not queued: it is
+    deferred to when the budget allows, and shows as rate limited meanwhile.
+    """
     with transaction.atomic():
         due = list(
             Connection.objects.filter(sync_status__in=RUNNABLE_STATUSES, next_sync_at__lte=now)
             .order_by("next_sync_at")
             .select_for_update(skip_locked=True)
-            .values_list("pk", "sync_status", "job_id", "queued_at", "queued_trigger")[:limit]
+            .values_list(
+                "pk", "sync_status", "job_id", "queued_at", "queued_trigger", "provider", "external_account_id"
+            )[:limit]
         )
         if not due:
             return []
-        ids = [row[0] for row in due]
+        ids, deferred = _within_budgets(due, now)
+        if deferred:
+            _defer(deferred)
         # The rows are locked, so the condition always holds here; it stays as the state
         # machine's guard (and for SQLite, which has no row locks but one writer at a time).
         Connection.objects.filter(pk__in=ids, sync_status__in=RUNNABLE_STATUSES).update(
@@ -66,7 +76,47 @@ def connections_claim_due(*, now: datetime, limit: int) -> list[Claim]:
                 "pk", "job_id"
             )
         )
-    return [Claim(pk, job_ids[pk], *previous) for pk, *previous in due if pk in job_ids]
+    return [Claim(pk, job_ids[pk], *previous[:4]) for pk, *previous in due if pk in job_ids]
+
+
+def _budgets_for(provider: str, account_id: str) -> list[Budget]:
+    slug_provider = PROVIDERS.get(provider)
+    return [] if slug_provider is None else slug_provider.budgets(external_account_id=account_id)
+
+
+def _within_budgets(due: list[tuple], now: datetime) -> tuple[list[int], dict[datetime, list[int]]]:
+    """Split due rows into those whose next sync fits their budgets and those to defer.
+
+    One call is set aside per claimed sync as we go, so a batch never promises more calls than
+    a shared budget (Google's, for the whole installation) has left. Demo rows have no budget
+    and cost no query.
+    """
+    budgets = {row[0]: _budgets_for(row[5], row[6]) for row in due}
+    every = {b.key: b for bs in budgets.values() for b in bs}
+    if not every:
+        return [row[0] for row in due], {}
+    used = budgets_used(budgets=list(every.values()), now=now)
+    claim: list[int] = []
+    deferred: dict[datetime, list[int]] = {}
+    for row in due:
+        pk = row[0]
+        short = [b for b in budgets[pk] if used[b.key] + 1 > b.limit]
+        if short:
+            until = max(budget_available_at(budget=b, now=now) for b in short)
+            deferred.setdefault(until, []).append(pk)
+            continue
+        for budget in budgets[pk]:
+            used[budget.key] += 1
+        claim.append(pk)
+    return claim, deferred
+
+
+def _defer(deferred: dict[datetime, list[int]]) -> None:
+    for until, ids in deferred.items():
+        Connection.objects.filter(pk__in=ids, sync_status__in=RUNNABLE_STATUSES).update(
+            next_sync_at=until, rate_limited_until=until
+        )
+    logger.info("Deferred %d due sync(s) to stay within provider rate budgets", sum(map(len, deferred.values())))
 
 
 def syncs_dispatch_due(*, now: datetime, limit: int | None = None) -> DispatchResult:

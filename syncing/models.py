@@ -112,3 +112,21 @@ class SyncRun(models.Model):
         if self.finished_at is None:
             return None
         return (self.finished_at - self.started_at).total_seconds()
+
+
+class ApiCallBucket(models.Model):
+    """Calls made against one rate budget in one minute (syncing.budget sums a rolling window)."""
+
+    key = models.CharField(max_length=128)
+    minute = models.DateTimeField()
+    calls = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        db_table = "api_call_buckets"
+        constraints = [
+            # syncing.budget: the upsert target, and the index its rolling-window SUM reads.
+            models.UniqueConstraint(fields=["key", "minute"], name="syncing_apicallbucket_unique_minute"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.minute:%H:%M} {self.calls}"

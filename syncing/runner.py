@@ -14,6 +14,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.utils import timezone
 
+from syncing.budget import CallMeter
 from syncing.models import SyncOutcome
 from syncing.providers import provider_for
 from syncing.providers.base import (
@@ -54,37 +55,53 @@ def connection_sync_run(*, connection_id: int, job_id: uuid.UUID, attempt: int =
     if started is None:
         logger.info("Job %s for connection %s is not queued any more; nothing to do", job_id, connection_id)
         return None
+    connection = started.connection
+    meter: CallMeter | None = None
     try:
-        result = provider_for(started.connection.provider).fetch(
-            connection=started.connection, since=started.since, until=started.until, now=started.started_at
+        provider = provider_for(connection.provider)
+        meter = CallMeter(provider.budgets(external_account_id=connection.external_account_id), clock=timezone.now)
+        result = provider.fetch(
+            connection=connection, since=started.since, until=started.until, now=started.started_at, meter=meter
         )
     except TransientProviderError as exc:
         if attempt < max_retries:
-            sync_requeue_for_retry(started=started, error=exc, now=timezone.now())
+            sync_requeue_for_retry(started=started, error=exc, now=timezone.now(), api_calls=_calls(meter))
             raise RetryLater(retry_backoff(attempt)) from exc
-        return _failed(started, exc)
+        return _failed(started, exc, meter)
     except ThrottledError as exc:
         until = exc.until or timezone.now() + DEFAULT_THROTTLE_PAUSE
-        sync_defer(started=started, until=until, error=exc, now=timezone.now())
+        sync_defer(started=started, until=until, error=exc, now=timezone.now(), api_calls=_calls(meter))
         return SyncOutcome.RATE_LIMITED
     except ProviderError as exc:
-        return _failed(started, exc)
+        return _failed(started, exc, meter)
     except SoftTimeLimitExceeded:
-        return _failed(started, PermanentError("The sync took too long and was stopped; it will be tried again."))
+        error = PermanentError("The sync took too long and was stopped; it will be tried again.")
+        return _failed(started, error, meter)
     except Exception:
         # A bug or an unexpected library error: the details go to the log (providers never put
         # secrets in exceptions), the user sees a short message.
         logger.exception("Unexpected error syncing connection %s (job %s)", connection_id, job_id)
-        return _failed(started, PermanentError("Unexpected error while syncing; the operators have the details."))
+        error = PermanentError("Unexpected error while syncing; the operators have the details.")
+        return _failed(started, error, meter)
 
-    written = sync_finish(started=started, rows=result.rows, api_calls=result.api_calls, now=timezone.now())
+    written = sync_finish(
+        started=started,
+        rows=result.rows,
+        api_calls=meter.calls,
+        now=timezone.now(),
+        slow_down_until=result.slow_down_until,
+    )
     if written is None:
         logger.warning("Job %s for connection %s was recovered while running; discarded", job_id, connection_id)
         return None
     return SyncOutcome.SUCCESS
 
 
-def _failed(started: StartedSync, error: ProviderError) -> str:
+def _calls(meter: CallMeter | None) -> int:
+    return 0 if meter is None else meter.calls
+
+
+def _failed(started: StartedSync, error: ProviderError, meter: CallMeter | None) -> str:
     logger.info("Sync of connection %s failed (%s): %s", started.connection.pk, error.error_class, error.message)
-    sync_fail(started=started, error=error, now=timezone.now())
+    sync_fail(started=started, error=error, now=timezone.now(), api_calls=_calls(meter))
     return SyncOutcome.ERROR

@@ -229,11 +229,19 @@ def _mine(started: StartedSync) -> models.QuerySet[Connection]:
 # --- finish -----------------------------------------------------------------------------------
 
 
-def sync_finish(*, started: StartedSync, rows: list[MetricRow], api_calls: int, now: datetime) -> int | None:
+def sync_finish(
+    *,
+    started: StartedSync,
+    rows: list[MetricRow],
+    api_calls: int,
+    now: datetime,
+    slow_down_until: datetime | None = None,
+) -> int | None:
     """syncing -> idle, writing only changed metric rows, in one short transaction.
 
     Returns the number of rows written, or None when the job was no longer ours (recovery gave
-    up on it meanwhile): then nothing at all is written.
+    up on it meanwhile): then nothing at all is written. With slow_down_until (the platform's
+    usage is high) the connection also waits until then, shown as rate limited.
     """
     with transaction.atomic():
         written = metrics_persist_changed(connection_id=started.connection.pk, rows=rows, now=now)
@@ -249,6 +257,9 @@ def sync_finish(*, started: StartedSync, rows: list[MetricRow], api_calls: int, 
             changes["total_syncs_with_changes"] = F("total_syncs_with_changes") + 1
         if started.restatement:
             changes["last_restated_at"] = started.started_at
+        if slow_down_until is not None:
+            changes["rate_limited_until"] = slow_down_until
+            changes["next_sync_at"] = _deferred_next_sync(slow_down_until)
         if _mine(started).update(**changes) != 1:
             transaction.set_rollback(True)
             return None
@@ -262,7 +273,7 @@ def sync_finish(*, started: StartedSync, rows: list[MetricRow], api_calls: int, 
     return written
 
 
-def sync_fail(*, started: StartedSync, error: ProviderError, now: datetime) -> bool:
+def sync_fail(*, started: StartedSync, error: ProviderError, now: datetime, api_calls: int = 0) -> bool:
     """syncing -> error, with a short message a person can act on."""
     with transaction.atomic():
         failed = _mine(started).update(
@@ -270,43 +281,47 @@ def sync_fail(*, started: StartedSync, error: ProviderError, now: datetime) -> b
         )
         if failed != 1:
             return False
-        _run_close(started, SyncOutcome.ERROR, error, now)
+        _run_close(started, SyncOutcome.ERROR, error, now, api_calls)
     return True
 
 
-def sync_defer(*, started: StartedSync, until: datetime, error: ProviderError, now: datetime) -> bool:
+def _deferred_next_sync(until: datetime) -> Case:
+    # Manual connections stay unscheduled; scheduled ones wait until access is regained.
+    return Case(
+        When(sync_frequency=SyncFrequency.MANUAL, then=Value(None)),
+        When(Q(next_sync_at__isnull=True) | Q(next_sync_at__lt=until), then=Value(until)),
+        default=F("next_sync_at"),
+    )
+
+
+def sync_defer(
+    *, started: StartedSync, until: datetime, error: ProviderError, now: datetime, api_calls: int = 0
+) -> bool:
     """syncing -> idle while the platform throttles us: not a failure, resumes by itself."""
     with transaction.atomic():
         won = _mine(started).update(
-            sync_status=SyncStatus.IDLE,
-            rate_limited_until=until,
-            # Manual connections stay unscheduled; scheduled ones wait until access is regained.
-            next_sync_at=Case(
-                When(sync_frequency=SyncFrequency.MANUAL, then=Value(None)),
-                When(Q(next_sync_at__isnull=True) | Q(next_sync_at__lt=until), then=Value(until)),
-                default=F("next_sync_at"),
-            ),
+            sync_status=SyncStatus.IDLE, rate_limited_until=until, next_sync_at=_deferred_next_sync(until)
         )
         if won != 1:
             return False
-        _run_close(started, SyncOutcome.RATE_LIMITED, error, now)
+        _run_close(started, SyncOutcome.RATE_LIMITED, error, now, api_calls)
     return True
 
 
-def sync_requeue_for_retry(*, started: StartedSync, error: ProviderError, now: datetime) -> bool:
+def sync_requeue_for_retry(*, started: StartedSync, error: ProviderError, now: datetime, api_calls: int = 0) -> bool:
     """syncing -> queued for the same job, so the retried task can start it again."""
     with transaction.atomic():
         if _mine(started).update(sync_status=SyncStatus.QUEUED, queued_at=now) != 1:
             return False
-        _run_close(started, SyncOutcome.RETRYING, error, now)
+        _run_close(started, SyncOutcome.RETRYING, error, now, api_calls)
     return True
 
 
-def _run_close(started: StartedSync, outcome: str, error: ProviderError, now: datetime) -> None:
+def _run_close(started: StartedSync, outcome: str, error: ProviderError, now: datetime, api_calls: int) -> None:
     SyncRun.objects.filter(pk=started.run.pk).update(
         outcome=outcome,
         finished_at=now,
-        api_calls=error.api_calls,
+        api_calls=api_calls,
         error_class=error.error_class,
         error_message=error.message,
     )

@@ -6,6 +6,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
+from syncing.budget import api_call_buckets_prune
 from syncing.dispatcher import syncs_dispatch_due
 from syncing.runner import RetryLater, connection_sync_run
 from syncing.services import sync_runs_prune
@@ -31,4 +32,6 @@ def dispatch_due_syncs() -> None:
 
 @shared_task(name="syncing.prune_sync_runs", ignore_result=True)
 def prune_sync_runs() -> None:
-    sync_runs_prune(now=timezone.now())
+    now = timezone.now()
+    sync_runs_prune(now=now)
+    api_call_buckets_prune(now=now)

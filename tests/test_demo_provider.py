@@ -5,6 +5,7 @@ from itertools import pairwise
 import pytest
 
 from connections.models import Connection
+from syncing.budget import CallMeter
 from syncing.providers import PROVIDERS, provider_for
 from syncing.providers.base import AuthError, PermanentError, ThrottledError, TransientProviderError
 from syncing.providers.demo import DemoProvider
@@ -21,8 +22,9 @@ def account(**fields) -> Connection:
     return Connection(provider="demo", **defaults)
 
 
-def fetch(connection, since=date(2026, 11, 27), until=date(2026, 11, 28), now=NOW):
-    return DemoProvider().fetch(connection=connection, since=since, until=until, now=now)
+def fetch(connection, since=date(2026, 11, 27), until=date(2026, 11, 28), now=NOW, meter=None):
+    meter = meter or CallMeter([], clock=lambda: now)
+    return DemoProvider().fetch(connection=connection, since=since, until=until, now=now, meter=meter)
 
 
 def test_demo_is_registered():
@@ -36,11 +38,12 @@ def test_unknown_provider_is_a_permanent_error_with_a_message():
 
 
 def test_demo_rows_are_deterministic_and_exact():
-    first, second = fetch(account()), fetch(account())
+    meter = CallMeter([], clock=lambda: NOW)
+    first, second = fetch(account(), meter=meter), fetch(account())
 
     assert first == second
     assert len(first.rows) == 8  # 2 days x 4 campaigns
-    assert first.api_calls == 1
+    assert meter.calls == 1
     row = first.rows[0]
     assert row.currency == "EUR"
     assert isinstance(row.spend, Decimal)

@@ -314,7 +314,7 @@ def test_finish_after_recovery_writes_nothing(connection):
 def test_fail_sets_error_with_the_message(connection):
     started = started_sync(connection)
 
-    sync_fail(started=started, error=AuthError("Access expired — reconnect the account", api_calls=1), now=NOW)
+    sync_fail(started=started, error=AuthError("Access expired — reconnect the account"), now=NOW, api_calls=1)
 
     connection = reload(connection)
     assert connection.sync_status == SyncStatus.ERROR

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from connections.models import Connection
+    from syncing.budget import Budget, CallMeter
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -34,8 +35,9 @@ class MetricRow:
 @dataclasses.dataclass(frozen=True, slots=True)
 class FetchResult:
     rows: list[MetricRow]
-    # Real API calls made (each page counts), for the rate budget and the run's history.
-    api_calls: int
+    # Set when the platform's usage headers say to slow down before it throttles us: the rows
+    # are good, and the next sync waits until then.
+    slow_down_until: datetime | None = None
 
 
 class ProviderError(Exception):
@@ -43,10 +45,9 @@ class ProviderError(Exception):
 
     error_class = "permanent"
 
-    def __init__(self, message: str, *, api_calls: int = 0):
+    def __init__(self, message: str):
         super().__init__(message)
         self.message = message
-        self.api_calls = api_calls
 
 
 class TransientProviderError(ProviderError):
@@ -60,8 +61,8 @@ class ThrottledError(ProviderError):
 
     error_class = "throttled"
 
-    def __init__(self, message: str, *, until: datetime | None = None, api_calls: int = 0):
-        super().__init__(message, api_calls=api_calls)
+    def __init__(self, message: str, *, until: datetime | None = None):
+        super().__init__(message)
         self.until = until
 
 
@@ -83,4 +84,12 @@ class Provider(Protocol):
     # How many days a restatement sync re-fetches when the connection does not say.
     default_lookback_days: int
 
-    def fetch(self, *, connection: Connection, since: date, until: date, now: datetime) -> FetchResult: ...
+    def budgets(self, *, external_account_id: str) -> list[Budget]:
+        """The rate budgets every call for this account counts against (none for demo)."""
+        ...
+
+    def fetch(
+        self, *, connection: Connection, since: date, until: date, now: datetime, meter: CallMeter
+    ) -> FetchResult:
+        """Fetch daily rows for since..until; call meter.spend() before every real API call."""
+        ...

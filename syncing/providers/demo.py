@@ -56,8 +56,12 @@ class DemoProvider:
     label = "Demo"
     default_lookback_days = 7
 
-    def fetch(self, *, connection, since: date, until: date, now: datetime) -> FetchResult:
+    def budgets(self, *, external_account_id: str) -> list:
+        return []
+
+    def fetch(self, *, connection, since: date, until: date, now: datetime, meter) -> FetchResult:
         options = connection.provider_options or {}
+        meter.spend()
         latency_ms = int(options.get("latency_ms", 0))
         if latency_ms > 0:
             time.sleep(latency_ms / 1000)
@@ -78,7 +82,7 @@ class DemoProvider:
             for index in range(campaigns):
                 rows.append(self._row(account, index, day, progress, connection.currency))
             day += timedelta(days=1)
-        return FetchResult(rows=rows, api_calls=1)
+        return FetchResult(rows=rows)
 
     def _row(self, account: str, index: int, day: date, progress: Decimal, currency: str) -> MetricRow:
         entity_id = f"{account}-c{index + 1}"
@@ -108,9 +112,9 @@ class DemoProvider:
         if not kind:
             return
         if kind == "transient":
-            raise TransientProviderError("Demo platform is temporarily unavailable (simulated)", api_calls=1)
+            raise TransientProviderError("Demo platform is temporarily unavailable (simulated)")
         if kind == "throttled":
             raise ThrottledError("Demo platform rate limit reached (simulated)", until=now + timedelta(minutes=5))
         if kind == "auth":
-            raise AuthError("Demo access expired — reconnect the account (simulated)", api_calls=1)
-        raise PermanentError("Demo platform rejected the request (simulated)", api_calls=1)
+            raise AuthError("Demo access expired — reconnect the account (simulated)")
+        raise PermanentError("Demo platform rejected the request (simulated)")
