@@ -15,7 +15,8 @@ from connections.models import (
     Workspace,
 )
 from connections.services import connections_set_frequency_all
-from connections.status import connection_freshness, relative_time, stats_line
+from connections.status import Freshness, connection_freshness, relative_time, stats_line
+from syncing import schedule
 from syncing.services import BrokerUnavailable, connection_enqueue_sync
 
 
@@ -78,8 +79,17 @@ class ConnectionAdmin(admin.ModelAdmin):
         "timezone",
         "lookback_days",
         "provider_options",
+        "sync_frequency",
         *readonly_fields[1:],
     ]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            # A connection added here is scheduled like any other (next_sync_at from its frequency).
+            obj.next_sync_at = schedule.next_sync_after_change(
+                frequency=obj.sync_frequency, last_attempted_at=None, public_id=obj.public_id, now=timezone.now()
+            )
+        super().save_model(request, obj, form, change)
 
     def get_readonly_fields(self, request, obj=None):
         # The frequency is changed with the Settings page, the API or the actions, which
@@ -100,20 +110,24 @@ class ConnectionAdmin(admin.ModelAdmin):
 
     @admin.display(description="Freshness")
     def freshness(self, obj: Connection) -> str:
-        return connection_freshness(obj, timezone.now()).replace("_", " ")
+        return Freshness(connection_freshness(obj, timezone.now())).label
 
     @admin.action(description="Sync now")
     def sync_now(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
         now = timezone.now()
+        connections = list(queryset)
         queued = running = 0
-        try:
-            for connection in queryset:
+        for connection in connections:
+            try:
                 result = connection_enqueue_sync(connection=connection, trigger=SyncTrigger.MANUAL, now=now)
-                queued += result.created
-                running += not result.created
-        except BrokerUnavailable as exc:
-            self.message_user(request, str(exc), messages.ERROR)
-        self.message_user(request, f"Queued {queued} sync(s); {running} already queued or running.")
+            except BrokerUnavailable as exc:
+                left = len(connections) - queued - running
+                self.message_user(request, f"{exc} {left} connection(s) were not queued.", messages.ERROR)
+                break
+            queued += result.created
+            running += not result.created
+        if queued or running:
+            self.message_user(request, f"Queued {queued} sync(s); {running} already queued or running.")
 
     @admin.action(description="Set to manual (pause)")
     def pause(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
