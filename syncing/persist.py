@@ -1,20 +1,26 @@
 """Write only the metric rows whose values changed, set-based, and count them.
 
-PostgreSQL: one MERGE whose source is the fetched rows unnested from arrays (one round trip,
-server-side parameter arrays instead of a 10,000-row VALUES list), updating a row only WHEN
-MATCHED AND its values are DISTINCT FROM the fetched ones. SQLite (the embedded mode): INSERT
-... ON CONFLICT DO UPDATE ... WHERE the values differ. Both report, as the statement's row count,
-exactly the rows inserted or changed, so "rows written" means the same on both.
+PostgreSQL: one MERGE that updates a row only WHEN MATCHED AND its values are DISTINCT FROM the
+fetched ones, and inserts new ones. Its source is, for a few hundred rows (an ordinary sync),
+the rows unnested from array parameters: one round trip. For more (a restatement, a backfill),
+the rows are streamed with COPY into a temporary table first: Django's psycopg cursor binds
+parameters on the client, so ten 10,000-element arrays cost ~90 ms of Python to render into the
+SQL text, where COPY's C row writer costs a few (bench/persist.py: 128 ms -> 41 ms for 10,000
+rows, on par with a hand-written COPY + MERGE). SQLite (the embedded mode): INSERT ... ON
+CONFLICT DO UPDATE ... WHERE the values differ. All three report, as the statement's row count,
+exactly the rows inserted or changed, so "rows written" means the same everywhere.
 
 Call inside the transaction that also updates the connection's counters.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from datetime import datetime
 
 from django.db import connection as db
+from django.db import transaction
 
 from syncing.providers.base import MetricRow
 
@@ -43,6 +49,36 @@ WHEN NOT MATCHED THEN
     scols=", ".join(f"s.{c}" for c in VALUE_COLUMNS),
     sets=", ".join(f"{c} = s.{c}" for c in VALUE_COLUMNS),
 )
+
+# Above this many rows COPY into a temporary table beats array parameters (measured crossover
+# between 200 and 500 rows).
+_PG_COPY_THRESHOLD = 300
+_PG_STAGE_TABLE = "adsync_metrics_stage"
+_PG_STAGE = f"""
+CREATE TEMP TABLE {_PG_STAGE_TABLE} (
+    level varchar(16), entity_id varchar(64), date date, entity_name varchar(400), spend numeric(20, 6),
+    impressions bigint, clicks bigint, conversions numeric(20, 6), conversion_value numeric(20, 6),
+    currency varchar(3)
+) ON COMMIT DROP
+"""
+_PG_COPY = f"COPY {_PG_STAGE_TABLE} ({', '.join(KEY_COLUMNS + VALUE_COLUMNS)}) FROM STDIN"
+_PG_MERGE_STAGED = """
+MERGE INTO daily_metrics AS t
+USING {stage} AS s
+ON t.connection_id = %s AND t.level = s.level AND t.entity_id = s.entity_id AND t.date = s.date
+WHEN MATCHED AND ({tcols}) IS DISTINCT FROM ({scols}) THEN
+    UPDATE SET {sets}, updated_at = %s
+WHEN NOT MATCHED THEN
+    INSERT (connection_id, level, entity_id, date, {cols}, updated_at)
+    VALUES (%s, s.level, s.entity_id, s.date, {scols}, %s)
+""".format(
+    stage=_PG_STAGE_TABLE,
+    cols=", ".join(VALUE_COLUMNS),
+    tcols=", ".join(f"t.{c}" for c in VALUE_COLUMNS),
+    scols=", ".join(f"s.{c}" for c in VALUE_COLUMNS),
+    sets=", ".join(f"{c} = s.{c}" for c in VALUE_COLUMNS),
+)
+_row_values = operator.attrgetter(*KEY_COLUMNS, *VALUE_COLUMNS)
 
 _SQLITE_UPSERT = """
 INSERT INTO daily_metrics (connection_id, level, entity_id, date, {cols}, updated_at)
@@ -79,10 +115,26 @@ def metrics_persist_changed(*, connection_id: int, rows: Iterable[MetricRow], no
 
 
 def _persist_postgresql(connection_id: int, rows: list[MetricRow], now: datetime) -> int:
+    if len(rows) > _PG_COPY_THRESHOLD:
+        return _persist_postgresql_staged(connection_id, rows, now)
     columns = [[getattr(row, name) for row in rows] for name in KEY_COLUMNS + VALUE_COLUMNS]
     with db.cursor() as cursor:
         cursor.execute(_PG_MERGE, [*columns, connection_id, now, connection_id, now])
         return cursor.rowcount
+
+
+def _persist_postgresql_staged(connection_id: int, rows: list[MetricRow], now: datetime) -> int:
+    with transaction.atomic(), db.cursor() as cursor:
+        cursor.execute(_PG_STAGE)
+        with cursor.copy(_PG_COPY) as copy:
+            for row in rows:
+                copy.write_row(_row_values(row))
+        cursor.execute(_PG_MERGE_STAGED, [connection_id, now, connection_id, now])
+        written = cursor.rowcount
+        # ON COMMIT DROP acts only when the outermost transaction commits; a second persist in
+        # the same transaction must be able to create the table again.
+        cursor.execute(f"DROP TABLE {_PG_STAGE_TABLE}")
+    return written
 
 
 def _persist_sqlite(connection_id: int, rows: list[MetricRow], now: datetime) -> int:

@@ -110,9 +110,28 @@ def test_persist_many_rows_in_one_call(connection):
     assert DailyMetric.objects.filter(clicks=7).count() == 120
 
 
-def test_persist_uses_the_backend_statement(connection, django_assert_num_queries):
-    # One statement on PostgreSQL (MERGE); SQLite writes in chunks of 500 rows.
+def test_persist_few_rows_is_one_statement(connection, django_assert_num_queries):
+    # An ordinary sync: one MERGE over unnested arrays on PostgreSQL, one upsert on SQLite.
+    with django_assert_num_queries(1):
+        metrics_persist_changed(connection_id=connection.pk, rows=[row(f"c{i}") for i in range(300)], now=NOW)
+
+
+def test_persist_many_rows_stream_through_a_staging_table(connection, django_assert_num_queries):
+    # PostgreSQL: SAVEPOINT, CREATE TEMP TABLE, COPY, MERGE, DROP, RELEASE; SQLite: 500-row chunks.
     rows = [row(f"c{i}") for i in range(600)]
-    expected = 1 if db.vendor == "postgresql" else 2
+    expected = 6 if db.vendor == "postgresql" else 2
     with django_assert_num_queries(expected):
-        metrics_persist_changed(connection_id=connection.pk, rows=rows, now=NOW)
+        assert metrics_persist_changed(connection_id=connection.pk, rows=rows, now=NOW) == 600
+    changed = [row(f"c{i}", clicks=9) if i % 100 == 0 else r for i, r in enumerate(rows)]
+    assert metrics_persist_changed(connection_id=connection.pk, rows=changed, now=NOW) == 6
+
+
+def test_persist_staged_twice_in_one_transaction(connection):
+    from django.db import transaction
+
+    rows = [row(f"c{i}") for i in range(400)]
+    with transaction.atomic():
+        first = metrics_persist_changed(connection_id=connection.pk, rows=rows, now=NOW)
+        second = metrics_persist_changed(connection_id=connection.pk, rows=rows, now=NOW)
+
+    assert (first, second) == (400, 0)
