@@ -53,9 +53,10 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Benchmarks are not tests: each prints its figures (see bench/README.md).
+# Benchmarks are not tests: each prints its figures (see bench/README.md). They use a database
+# (adsync_bench) and Redis db (12) of their own, never the test ones.
 bench: install
-	$(TEST_ENV) $(PY) bench/run_all.py
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf .data .pytest_cache artifacts
