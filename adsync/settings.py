@@ -278,3 +278,63 @@ LOGGING = {
 if not DEBUG:
     SESSION_COOKIE_HTTPONLY = True
     CSRF_COOKIE_HTTPONLY = False
+
+# --- Meta Ads ---------------------------------------------------------------------------------
+# Where the Graph API lives (a proxy or a test server may stand in) and which version we speak.
+META_GRAPH_URL = envstr("META_GRAPH_URL", "https://graph.facebook.com").rstrip("/")
+META_API_VERSION = envstr("META_API_VERSION", "v26.0")
+# The OAuth dialog's host ("Connect Meta account" sends the browser there).
+META_OAUTH_DIALOG_URL = envstr("META_OAUTH_DIALOG_URL", "https://www.facebook.com").rstrip("/")
+# The Meta app that users connect through; without these only pasted system-user tokens work.
+META_APP_ID = envstr("META_APP_ID")
+META_APP_SECRET = envstr("META_APP_SECRET")
+# Our share of Meta's 200 calls per rolling hour per ad account (the rest is headroom).
+META_CALLS_PER_HOUR = envint("META_CALLS_PER_HOUR", 180, minimum=1)
+# Meta's usage headers at or above this percentage make the account wait before its next sync.
+META_USAGE_SLOWDOWN_PCT = envint("META_USAGE_SLOWDOWN_PCT", 75, minimum=1)
+# How long that wait is when Meta does not say (estimated_time_to_regain_access), and how long a
+# throttle error pauses the account when its headers do not say either.
+META_PAUSE_MINUTES = envint("META_PAUSE_MINUTES", 5, minimum=1)
+# Days a restatement sync re-fetches (conversions keep changing for the attribution window).
+META_LOOKBACK_DAYS = envint("META_LOOKBACK_DAYS", 28, minimum=1)
+# Which action types count as conversions: comma-separated, in order of preference. Each row
+# uses the first type Meta reports for it, never a sum, because Meta reports one purchase under
+# several overlapping types (omni_purchase = purchase across web, app and offline; purchase;
+# offsite_conversion.fb_pixel_purchase = the pixel's count). A connection may override this with
+# provider_options["action_type"].
+META_CONVERSION_ACTION_TYPE = envstr(
+    "META_CONVERSION_ACTION_TYPE", "omni_purchase,purchase,offsite_conversion.fb_pixel_purchase"
+)
+
+# --- Google Ads -------------------------------------------------------------------------------
+# The gRPC endpoint (host:port; a proxy or a test server may stand in) and the API version.
+GOOGLE_ADS_ENDPOINT = envstr("GOOGLE_ADS_ENDPOINT", "googleads.googleapis.com:443")
+GOOGLE_ADS_API_VERSION = envstr("GOOGLE_ADS_API_VERSION", "v26")
+if not GOOGLE_ADS_API_VERSION.startswith("v") or not GOOGLE_ADS_API_VERSION[1:].isdigit():
+    raise ImproperlyConfigured(f"GOOGLE_ADS_API_VERSION={GOOGLE_ADS_API_VERSION!r} is not like v26")
+# A PEM file of root certificates to trust for the endpoint instead of gRPC's bundled ones (a
+# TLS-inspecting proxy, a private endpoint, the test suite's fake server). Always TLS.
+GOOGLE_ADS_CA_BUNDLE = envstr("GOOGLE_ADS_CA_BUNDLE")
+# The longest one GAQL query (its whole stream) may take; well inside SYNC_TASK_SOFT_TIME_LIMIT.
+GOOGLE_ADS_TIMEOUT = envfloat("GOOGLE_ADS_TIMEOUT", 60.0, minimum=1.0)
+# Sent as developer-token when set (Google is moving API access to the OAuth client's project).
+GOOGLE_DEVELOPER_TOKEN = envstr("GOOGLE_DEVELOPER_TOKEN")
+# The app's OAuth client (a "Web application" client in Google Cloud).
+GOOGLE_CLIENT_ID = envstr("GOOGLE_CLIENT_ID")
+GOOGLE_CLIENT_SECRET = envstr("GOOGLE_CLIENT_SECRET")
+GOOGLE_OAUTH_AUTHORIZE_URL = envstr("GOOGLE_OAUTH_AUTHORIZE_URL", "https://accounts.google.com/o/oauth2/v2/auth")
+GOOGLE_TOKEN_URL = envstr("GOOGLE_TOKEN_URL", "https://oauth2.googleapis.com/token")
+# The callback URL registered with the OAuth client; empty: built from the request (behind a
+# proxy that rewrites the host or scheme, set it).
+GOOGLE_OAUTH_REDIRECT_URI = envstr("GOOGLE_OAUTH_REDIRECT_URI")
+# Seconds to wait for Google's OAuth token endpoint.
+GOOGLE_HTTP_TIMEOUT = envfloat("GOOGLE_HTTP_TIMEOUT", 15.0, minimum=1.0)
+# Operations per rolling 24 h for the whole installation: Basic access is 15,000 a day (Explorer
+# 2,880), shared by every customer of the app.
+GOOGLE_OPS_PER_DAY = envint("GOOGLE_OPS_PER_DAY", 15000, minimum=1)
+# Per customer: a realtime account needs 2,880 syncs a day at one operation each, plus four
+# restatements and some Sync Now presses; 3,000 lets one run at full speed while no customer can
+# take more than a fifth of Basic access.
+GOOGLE_OPS_PER_CUSTOMER_PER_DAY = envint("GOOGLE_OPS_PER_CUSTOMER_PER_DAY", 3000, minimum=1)
+# Days a restatement sync re-fetches when the connection does not say.
+GOOGLE_LOOKBACK_DAYS = envint("GOOGLE_LOOKBACK_DAYS", 14, minimum=1)

@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -33,8 +34,40 @@ class WorkspaceAdmin(admin.ModelAdmin):
     inlines = [MembershipInline]
 
 
+class ConnectionAdminForm(forms.ModelForm):
+    # Write-only: the stored token is never shown (credentials is not an editable field).
+    meta_access_token = forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Meta only: paste a system-user access token to replace the stored one. Leave empty to keep it.",
+    )
+
+    class Meta:
+        model = Connection
+        # The admin narrows this to ConnectionAdmin.fields.
+        fields = [
+            "workspace",
+            "provider",
+            "external_account_id",
+            "name",
+            "currency",
+            "timezone",
+            "lookback_days",
+            "provider_options",
+            "sync_frequency",
+        ]
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("meta_access_token") and cleaned.get("provider", self.instance.provider) != "meta":
+            self.add_error("meta_access_token", "Only Meta connections take a Meta access token.")
+        return cleaned
+
+
 @admin.register(Connection)
 class ConnectionAdmin(admin.ModelAdmin):
+    form = ConnectionAdminForm
     list_display = [
         "name",
         "provider",
@@ -79,11 +112,16 @@ class ConnectionAdmin(admin.ModelAdmin):
         "timezone",
         "lookback_days",
         "provider_options",
+        "meta_access_token",
         "sync_frequency",
         *readonly_fields[1:],
     ]
 
     def save_model(self, request, obj, form, change):
+        if token := form.cleaned_data.get("meta_access_token"):
+            # A pasted system-user token (they do not expire), encrypted by the field.
+            obj.credentials = {"access_token": token}
+            obj.credentials_expires_at = None
         if not change:
             # A connection added here is scheduled like any other (next_sync_at from its frequency).
             obj.next_sync_at = schedule.next_sync_after_change(

@@ -81,13 +81,16 @@ def budget_try_spend(*, budget: Budget, now: datetime, calls: int = 1) -> bool:
     return True
 
 
-def budget_available_at(*, budget: Budget, now: datetime, calls: int = 1) -> datetime:
-    """The earliest time `calls` more calls fit, from what is recorded now."""
+def budget_available_at(*, budget: Budget, now: datetime, calls: int = 1, pending: int = 0) -> datetime:
+    """The earliest time `calls` more calls fit, from what is recorded now plus `pending` calls
+    promised but not made yet (the dispatcher's batch): those will be recorded this minute."""
     buckets = list(
         ApiCallBucket.objects.filter(key=budget.key, minute__gte=_window_start(budget, now))
         .order_by("minute")
         .values_list("minute", "calls")
     )
+    if pending:
+        buckets.append((_minute(now), pending))
     excess = sum(c for _, c in buckets) + calls - budget.limit
     if excess <= 0:
         return now
@@ -96,7 +99,7 @@ def budget_available_at(*, budget: Budget, now: datetime, calls: int = 1) -> dat
         if excess <= 0:
             # That bucket leaves the window once the window starts after it.
             return minute + budget.window + MINUTE
-    return now + budget.window
+    return now + budget.window + MINUTE
 
 
 def api_call_buckets_prune(*, now: datetime, keep: timedelta = timedelta(days=2)) -> int:

@@ -117,14 +117,17 @@ def _within_budgets(due: list[tuple], now: datetime) -> tuple[list[int], dict[da
     every = {b.key: b for bs in budgets.values() for b in bs}
     if not every:
         return [row[0] for row in due], {}
-    used = budgets_used(budgets=list(every.values()), now=now)
+    recorded = budgets_used(budgets=list(every.values()), now=now)
+    used = dict(recorded)
     claim: list[int] = []
     deferred: dict[datetime, list[int]] = {}
     for row in due:
         pk = row[0]
         short = [b for b in budgets[pk] if used[b.key] + 1 > b.limit]
         if short:
-            until = max(budget_available_at(budget=b, now=now) for b in short)
+            # Room for this sync once the recorded calls, and those set aside for the syncs
+            # claimed before it in this batch, have aged out enough.
+            until = max(budget_available_at(budget=b, now=now, pending=used[b.key] - recorded[b.key]) for b in short)
             deferred.setdefault(until, []).append(pk)
             continue
         for budget in budgets[pk]:

@@ -146,3 +146,13 @@ def test_concurrent_spenders_never_exceed_the_limit():
 
     assert sum(granted) == 50
     assert budget_used(budget=small, now=NOW) == 50
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_available_at_counts_calls_promised_but_not_made():
+    daily = Budget(key="google:app", limit=5, window=timedelta(days=1), label="x")
+
+    # Five syncs just claimed in this batch will spend this minute: the sixth fits a day later.
+    assert budget_available_at(budget=daily, now=NOW, pending=5) == datetime(2026, 11, 29, 12, 1, tzinfo=UTC)
+    assert budget_available_at(budget=daily, now=NOW, pending=4) == NOW

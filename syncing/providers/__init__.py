@@ -2,9 +2,13 @@
 
 from syncing.providers.base import PermanentError, Provider
 from syncing.providers.demo import DemoProvider
+from syncing.providers.google import GoogleProvider
+from syncing.providers.meta import MetaProvider
 
 PROVIDERS: dict[str, Provider] = {
     "demo": DemoProvider(),
+    "google": GoogleProvider(),
+    "meta": MetaProvider(),
 }
 
 

@@ -1,0 +1,304 @@
+"""Meta (Facebook/Instagram) ads: campaign-level daily insights through the facebook-business SDK.
+
+Each fetch builds its own session and API object, pointed at settings.META_GRAPH_URL, and
+never calls FacebookAdsApi.init(): that installs a sys.excepthook crash reporter which posts to
+the real graph.facebook.com. Every HTTP call the SDK makes (the first page and each further
+page) goes through _MeteredApi.call, which takes one call from the ad account's budget first.
+
+Meta reports days in the ad account's own time zone; the connection stores that zone, and the
+sync window (today and yesterday, or the lookback on a restatement) is computed in it.
+
+Errors become the provider errors of syncing.providers.base. Their messages are built from
+Meta's error message only: the SDK's own exceptions print the request, and requests' exceptions
+print the URL, whose query string carries the access token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+import requests
+from django.conf import settings
+from facebook_business.adobjects.adaccount import AdAccount
+from facebook_business.api import FacebookAdsApi
+from facebook_business.exceptions import FacebookError, FacebookRequestError
+from facebook_business.session import FacebookSession
+
+from syncing.budget import Budget
+from syncing.providers.base import (
+    AuthError,
+    FetchResult,
+    MetricRow,
+    PermanentError,
+    ProviderError,
+    ThrottledError,
+    TransientProviderError,
+)
+
+logger = logging.getLogger(__name__)
+
+RECONNECT_MESSAGE = "Meta access expired — reconnect the account"
+DEFAULT_GRAPH_URL = "https://graph.facebook.com"
+# Connect and read timeouts for one Graph API call; a sync task has two minutes in all.
+TIMEOUT = (10, 60)
+# Rows per page: Meta's default of 25 would turn an ordinary sync of a busy account into many
+# calls against a budget of 180 an hour.
+PAGE_SIZE = 500
+INSIGHTS_FIELDS = [
+    "campaign_id",
+    "campaign_name",
+    "date_start",
+    "spend",
+    "impressions",
+    "clicks",
+    "actions",
+    "action_values",
+    "account_currency",
+]
+
+# Throttling (https://developers.facebook.com/docs/graph-api/overview/rate-limiting):
+# 4 app, 17 user, 32 page, 613 calls per ad account, 80000-80014 business use case limits.
+THROTTLE_CODES = frozenset({4, 17, 32, 613, *range(80000, 80015)})
+# The token is invalid or expired (190 with its subcodes 458-467), or the API session is gone.
+EXPIRED_CODES = frozenset({102, 190})
+# Permission denied (10, 200-299): the token works but may not read this account.
+PERMISSION_CODES = frozenset({10, *range(200, 300)})
+# Meta's "unknown error" and "service temporarily unavailable", which it says to retry.
+RETRY_CODES = frozenset({1, 2})
+
+USAGE_HEADERS = ("x-business-use-case-usage", "x-ad-account-usage", "x-fb-ads-insights-throttle")
+_PERCENT_KEYS = ("call_count", "total_cputime", "total_time", "acc_id_util_pct", "app_id_util_pct")
+_TOKEN_IN_TEXT = re.compile(r"\b(access_token|appsecret_proof|client_secret|fb_exchange_token|code)=[^&\s\"']+")
+
+
+def redact(text: str) -> str:
+    """Blank out credentials that a URL in a log line or an exception message may carry."""
+    return _TOKEN_IN_TEXT.sub(r"\1=[redacted]", text)
+
+
+class RedactTokens(logging.Filter):
+    """urllib3 logs every request's URL at DEBUG, and the SDK sends the token in the query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(RedactTokens())
+
+
+def account_number(external_account_id: str) -> str:
+    """'act_123' or '123' -> '123' (connections store the bare number; the API path adds act_)."""
+    return external_account_id.strip().removeprefix("act_")
+
+
+def action_types(option: object) -> list[str]:
+    """The conversion action types in order of preference, from a connection's option or the setting."""
+    value = option or settings.META_CONVERSION_ACTION_TYPE
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+class _MeteredApi(FacebookAdsApi):
+    """Takes one call from the budget before every HTTP request and keeps each response's headers."""
+
+    def __init__(self, session: FacebookSession, *, api_version: str, meter):
+        super().__init__(session, api_version=api_version)
+        self._meter = meter
+        self.response_headers: list[Mapping[str, str]] = []
+
+    def call(self, *args, **kwargs):
+        self._meter.spend()
+        response = super().call(*args, **kwargs)
+        self.response_headers.append(response.headers())
+        status = response.status() or 200
+        if status >= 500:
+            # An HTML 502 from a proxy in front of Meta passes the SDK's success check (it is
+            # not JSON and not "Service Unavailable") and would fail later as a bad object.
+            raise TransientProviderError(f"Meta is temporarily unavailable (HTTP {status}).")
+        return response
+
+
+def _session(access_token: str) -> FacebookSession:
+    session = FacebookSession(access_token=access_token, app_secret=settings.META_APP_SECRET or None, timeout=TIMEOUT)
+    session.GRAPH = settings.META_GRAPH_URL
+    if settings.META_GRAPH_URL != DEFAULT_GRAPH_URL:
+        # The SDK pins Meta's own CA bundle; a proxy in front of Meta has a certificate of its own.
+        session.requests.verify = True
+    return session
+
+
+class MetaProvider:
+    slug = "meta"
+    label = "Meta"
+
+    @property
+    def default_lookback_days(self) -> int:
+        return settings.META_LOOKBACK_DAYS
+
+    def budgets(self, *, external_account_id: str) -> list[Budget]:
+        return [
+            Budget(
+                key=f"meta:{account_number(external_account_id)}",
+                limit=settings.META_CALLS_PER_HOUR,
+                window=timedelta(hours=1),
+                label="Meta's hourly call budget for this ad account",
+            )
+        ]
+
+    def fetch(self, *, connection, since: date, until: date, now: datetime, meter) -> FetchResult:
+        token = (connection.credentials or {}).get("access_token")
+        if not token:
+            raise AuthError(RECONNECT_MESSAGE)
+        preferred = action_types((connection.provider_options or {}).get("action_type"))
+        session = _session(token)
+        api = _MeteredApi(session, api_version=settings.META_API_VERSION, meter=meter)
+        account = AdAccount(f"act_{account_number(connection.external_account_id)}", api=api)
+        error: ProviderError | None = None
+        try:
+            cursor = account.get_insights(
+                fields=INSIGHTS_FIELDS,
+                params={
+                    "level": "campaign",
+                    "time_increment": 1,
+                    "time_range": {"since": since.isoformat(), "until": until.isoformat()},
+                    "limit": PAGE_SIZE,
+                },
+            )
+            # Iterating loads each further page through _MeteredApi.call.
+            rows = [_row(item.export_all_data(), preferred, connection.currency) for item in cursor]
+        except FacebookRequestError as exc:
+            error = _request_error(exc, now)
+        except FacebookError as exc:
+            # FacebookBadObjectError and friends: a body the SDK could not read (an HTML error page).
+            error = TransientProviderError(f"Meta sent a response that could not be read ({type(exc).__name__}).")
+        except requests.RequestException as exc:
+            error = TransientProviderError(f"Could not reach Meta ({type(exc).__name__}).")
+        finally:
+            session.requests.close()
+        if error is not None:
+            # Raised here, outside the except blocks, so the SDK's exception (which prints the
+            # request) is not chained to it.
+            raise error
+        return FetchResult(rows=rows, slow_down_until=_slow_down_until(api.response_headers, now))
+
+
+def _request_error(exc: FacebookRequestError, now: datetime) -> ProviderError:
+    code, subcode = exc.api_error_code(), exc.api_error_subcode()
+    status = exc.http_status() or 0
+    label = f"#{code}" if code is not None else f"HTTP {status}"
+    message = redact(exc.api_error_message() or "no message")
+    if code in THROTTLE_CODES:
+        until = now + _wait(_usage(exc.http_headers() or {}).regain)
+        return ThrottledError(f"Meta is rate limiting this ad account ({label}): {message}", until=until)
+    if code in EXPIRED_CODES or (status == 401 and code is None):
+        return AuthError(RECONNECT_MESSAGE)
+    if code in PERMISSION_CODES:
+        return AuthError(f"Meta denied access to this ad account ({label}): {message} — reconnect the account")
+    # Code 100 subcode 33 ("object does not exist") has been seen to succeed on retry; the runner
+    # retries a few times, then shows the message.
+    if exc.api_transient_error() or code in RETRY_CODES or status >= 500 or (code, subcode) == (100, 33):
+        return TransientProviderError(f"Meta is temporarily unavailable ({label}): {message}")
+    return PermanentError(f"Meta rejected the request ({label}): {message}")
+
+
+# --- usage headers ------------------------------------------------------------------------------
+
+
+class _Usage:
+    def __init__(self, percent: float = 0.0, regain: timedelta = timedelta(0)):
+        self.percent = percent
+        self.regain = regain
+
+
+def _usage(headers: Mapping[str, str]) -> _Usage:
+    """The highest usage percentage in Meta's usage headers, and when access is regained."""
+    lowered = {str(k).lower(): v for k, v in headers.items()}
+    percent, regain = 0.0, timedelta(0)
+    for name in USAGE_HEADERS:
+        raw = lowered.get(name)
+        if not raw:
+            continue
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            logger.warning("Ignoring an unreadable %s header from Meta", name)
+            continue
+        for entry in _entries(parsed):
+            for key in _PERCENT_KEYS:
+                percent = max(percent, _number(entry.get(key)))
+            regain = max(regain, timedelta(minutes=_number(entry.get("estimated_time_to_regain_access"))))
+            regain = max(regain, timedelta(seconds=_number(entry.get("reset_time_duration"))))
+    return _Usage(percent, regain)
+
+
+def _entries(parsed: object) -> list[dict]:
+    """X-Business-Use-Case-Usage maps ids to lists of entries; the other two are one object."""
+    if isinstance(parsed, dict) and any(isinstance(v, list) for v in parsed.values()):
+        return [e for v in parsed.values() if isinstance(v, list) for e in v if isinstance(e, dict)]
+    return [parsed] if isinstance(parsed, dict) else []
+
+
+def _number(value: object) -> float:
+    try:
+        return max(0.0, float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _slow_down_until(responses: list[Mapping[str, str]], now: datetime) -> datetime | None:
+    usages = [_usage(headers) for headers in responses]
+    percent = max((u.percent for u in usages), default=0.0)
+    if percent < settings.META_USAGE_SLOWDOWN_PCT:
+        return None
+    return now + _wait(max(u.regain for u in usages))
+
+
+def _wait(regain: timedelta) -> timedelta:
+    """Meta's own estimate when it gives one (it does once throttling is near), else our pause."""
+    return regain if regain > timedelta(0) else timedelta(minutes=settings.META_PAUSE_MINUTES)
+
+
+# --- rows ---------------------------------------------------------------------------------------
+
+
+def _decimal(value: object) -> Decimal:
+    if value is None or value == "":
+        return Decimal(0)
+    try:
+        # str() keeps a JSON number's shortest form, so 12.34 stays 12.34, not a binary float.
+        return Decimal(str(value))
+    except InvalidOperation:
+        raise PermanentError(f"Meta sent a number AdSync cannot read: {str(value)[:40]!r}") from None
+
+
+def _by_type(actions: object) -> dict[str, object]:
+    """Meta's [{"action_type": "purchase", "value": "3"}, ...] as {"purchase": "3", ...}."""
+    return {a.get("action_type"): a.get("value") for a in actions or [] if isinstance(a, dict)}
+
+
+def _row(data: dict, preferred: list[str], fallback_currency: str) -> MetricRow:
+    actions = _by_type(data.get("actions"))
+    values = _by_type(data.get("action_values"))
+    # The first preferred type Meta reports for this row, for both the count and the value.
+    chosen = next((t for t in preferred if t in actions or t in values), None)
+    return MetricRow(
+        level="campaign",
+        entity_id=str(data["campaign_id"]),
+        date=date.fromisoformat(data["date_start"]),
+        entity_name=str(data.get("campaign_name") or ""),
+        spend=_decimal(data.get("spend")),
+        impressions=int(_decimal(data.get("impressions"))),
+        clicks=int(_decimal(data.get("clicks"))),
+        conversions=_decimal(actions.get(chosen)) if chosen else Decimal(0),
+        conversion_value=_decimal(values.get(chosen)) if chosen else Decimal(0),
+        currency=str(data.get("account_currency") or fallback_currency),
+    )

@@ -1,0 +1,542 @@
+"""The Meta provider: the real facebook-business SDK over the wire to a fake Graph API on 127.0.0.1.
+
+Syncs go through the real runner, state machine, budget and dispatcher; only the network edge
+(the Graph API) is fake.
+"""
+
+import logging
+import socket
+import sys
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import time_machine
+from django.db import connection as db
+from django.db.models import Sum
+from django.test import Client
+
+from connections.authentication import api_token_issue
+from connections.models import Connection, SyncFrequency, SyncStatus
+from syncing.budget import CallMeter, budget_try_spend
+from syncing.dispatcher import connections_claim_due
+from syncing.models import ApiCallBucket, DailyMetric, SyncRun
+from syncing.providers import PROVIDERS, provider_for
+from syncing.providers.meta import RECONNECT_MESSAGE, MetaProvider
+from syncing.runner import connection_sync_run
+from syncing.services import connection_enqueue_sync
+from syncing.tasks import sync_connection
+from tests.fakes.graph import Answer, FakeGraph, buc_usage, graph_error, html_502, insight
+
+TOKEN = "EAAGm0PX4ZCpsBA-secret-user-token"
+ACCOUNT = "1234567890"
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def graph(settings):
+    fake = FakeGraph()
+    fake.valid_tokens = {TOKEN}
+    with fake.running():
+        settings.META_GRAPH_URL = fake.url
+        yield fake
+
+
+@pytest.fixture
+def meta(make_connection):
+    def make(**overrides) -> Connection:
+        fields = {
+            "provider": "meta",
+            "external_account_id": ACCOUNT,
+            "name": "Shop US",
+            "currency": "USD",
+            "timezone_name": "UTC",
+            "credentials": {"access_token": TOKEN},
+            "now": NOW,
+        }
+        fields.update(overrides)
+        return make_connection(**fields)
+
+    return make
+
+
+def restated(connection: Connection, at: datetime = NOW) -> Connection:
+    """Mark the lookback as re-fetched just now, so the next sync is an ordinary one."""
+    Connection.objects.filter(pk=connection.pk).update(last_restated_at=at)
+    connection.refresh_from_db()
+    return connection
+
+
+def sync(connection: Connection, now: datetime = NOW) -> str | None:
+    """One manual sync, inline, through the real runner at a frozen `now`."""
+    with time_machine.travel(now, tick=False):
+        job = connection_enqueue_sync(connection=connection, now=now, send=False)
+        outcome = connection_sync_run(connection_id=connection.pk, job_id=job.job_id)
+    connection.refresh_from_db()
+    return outcome
+
+
+def two_days(campaigns: int = 1, *, days=("2026-11-27", "2026-11-28"), **fields) -> list[dict]:
+    return [insight(f"c{n}", day, **fields) for n in range(1, campaigns + 1) for day in days]
+
+
+def last_run(connection: Connection) -> SyncRun:
+    return SyncRun.objects.filter(connection=connection).latest("started_at", "pk")
+
+
+# --- registry and budget ----------------------------------------------------------------------
+
+
+def test_meta_is_registered_with_an_hourly_budget_per_ad_account(settings):
+    settings.META_CALLS_PER_HOUR = 180
+    provider = provider_for("meta")
+
+    assert provider is PROVIDERS["meta"]
+    assert (provider.slug, provider.label, provider.default_lookback_days) == ("meta", "Meta", 28)
+    [budget] = provider.budgets(external_account_id="act_42")
+    assert (budget.key, budget.limit, budget.window) == ("meta:42", 180, timedelta(hours=1))
+    assert provider.budgets(external_account_id="42") == [budget]
+
+
+# --- fetching -----------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_fetch_follows_every_page_and_counts_each_call(graph, meta):
+    graph.insights[ACCOUNT] = two_days(7, spend="1.00")
+    graph.page_size = 5
+    connection = meta()
+    meter = CallMeter(MetaProvider().budgets(external_account_id=ACCOUNT), clock=lambda: NOW)
+
+    result = MetaProvider().fetch(
+        connection=connection, since=date(2026, 11, 27), until=date(2026, 11, 28), now=NOW, meter=meter
+    )
+
+    assert len(result.rows) == 14
+    assert len({(r.entity_id, r.date) for r in result.rows}) == 14
+    requests = graph.insights_requests(ACCOUNT)
+    assert [r.params.get("after") for r in requests] == [None, "5", "10"]
+    assert meter.calls == 3
+    assert ApiCallBucket.objects.filter(key=f"meta:{ACCOUNT}").aggregate(s=Sum("calls"))["s"] == 3
+    first = requests[0].params
+    assert (first["level"], first["time_increment"], first["access_token"]) == ("campaign", "1", TOKEN)
+    assert requests[0].time_range == {"since": "2026-11-27", "until": "2026-11-28"}
+    assert {"spend", "impressions", "clicks", "actions", "action_values", "campaign_name"} <= set(
+        first["fields"].split(",")
+    )
+
+
+@pytest.mark.django_db
+def test_sync_writes_exact_rows_money_and_conversions(graph, meta):
+    purchases = [
+        {"action_type": "link_click", "value": "40"},
+        {"action_type": "offsite_conversion.fb_pixel_purchase", "value": "3"},
+        {"action_type": "purchase", "value": "3"},
+        {"action_type": "omni_purchase", "value": "4"},
+    ]
+    graph.insights[ACCOUNT] = [
+        insight(
+            "120210000000001",
+            "2026-11-28",
+            name="Prospecting – Lookalike 1%",
+            account_currency="EUR",
+            spend="1234.56",
+            impressions="98765",
+            clicks="4321",
+            actions=purchases,
+            action_values=[
+                {"action_type": "purchase", "value": "299.97"},
+                {"action_type": "omni_purchase", "value": "399.96"},
+            ],
+        ),
+        insight(
+            "120210000000002",
+            "2026-11-28",
+            account_currency="EUR",
+            spend="0.01",
+            impressions="1",
+            clicks="0",
+            actions=[{"action_type": "offsite_conversion.fb_pixel_purchase", "value": "2.5"}],
+            action_values=[{"action_type": "offsite_conversion.fb_pixel_purchase", "value": "0.10"}],
+        ),
+        insight("120210000000003", "2026-11-28", account_currency="EUR", spend="19.99", impressions="10"),
+    ]
+    connection = restated(meta(currency="EUR"))
+
+    assert sync(connection) == "success"
+
+    rows = {
+        m.entity_id: (m.date, m.entity_name, m.spend, m.impressions, m.clicks, m.conversions, m.conversion_value)
+        for m in DailyMetric.objects.filter(connection=connection)
+    }
+    assert rows == {
+        # omni_purchase, the first preferred type Meta reports, never the sum of the overlapping ones
+        "120210000000001": (
+            date(2026, 11, 28),
+            "Prospecting – Lookalike 1%",
+            Decimal("1234.56"),
+            98765,
+            4321,
+            Decimal("4"),
+            Decimal("399.96"),
+        ),
+        "120210000000002": (
+            date(2026, 11, 28),
+            "Campaign 120210000000002",
+            Decimal("0.01"),
+            1,
+            0,
+            Decimal("2.5"),
+            Decimal("0.10"),
+        ),
+        "120210000000003": (
+            date(2026, 11, 28),
+            "Campaign 120210000000003",
+            Decimal("19.99"),
+            10,
+            0,
+            Decimal("0"),
+            Decimal("0"),
+        ),
+    }
+    assert set(DailyMetric.objects.values_list("currency", "level")) == {("EUR", "campaign")}
+    assert (connection.sync_status, connection.last_sync_error, connection.total_syncs_with_changes) == (
+        "idle",
+        None,
+        1,
+    )
+    assert (last_run(connection).api_calls, last_run(connection).rows_written) == (1, 3)
+
+
+@pytest.mark.django_db
+def test_conversion_action_type_is_configurable_per_connection(graph, meta):
+    graph.insights[ACCOUNT] = [
+        insight(
+            "c1",
+            "2026-11-28",
+            actions=[{"action_type": "purchase", "value": "9"}, {"action_type": "lead", "value": "5"}],
+            action_values=[{"action_type": "purchase", "value": "90.00"}],
+        )
+    ]
+    connection = restated(meta(provider_options={"action_type": "lead"}))
+
+    sync(connection)
+
+    metric = DailyMetric.objects.get(connection=connection)
+    assert (metric.conversions, metric.conversion_value) == (Decimal("5"), Decimal("0"))
+
+
+@pytest.mark.django_db
+def test_account_in_los_angeles_at_0630_utc_syncs_its_own_today(graph, meta):
+    # 06:30 UTC on the 28th is 22:30 on the 27th in Los Angeles: "today" is the 27th there.
+    at = datetime(2026, 11, 28, 6, 30, tzinfo=UTC)
+    graph.insights[ACCOUNT] = two_days(days=("2026-11-26", "2026-11-27", "2026-11-28"), spend="5.00")
+    connection = restated(meta(timezone_name="America/Los_Angeles"), at)
+
+    sync(connection, at)
+
+    [request] = graph.insights_requests(ACCOUNT)
+    assert request.time_range == {"since": "2026-11-26", "until": "2026-11-27"}
+    dates = set(DailyMetric.objects.filter(connection=connection).values_list("date", flat=True))
+    assert dates == {date(2026, 11, 26), date(2026, 11, 27)}
+
+
+@pytest.mark.django_db
+def test_restatement_refetches_the_lookback_at_the_configured_cadence(graph, meta, settings):
+    settings.SYNC_RESTATEMENT_INTERVAL_HOURS = 6
+    graph.insights[ACCOUNT] = two_days()
+    default = meta(external_account_id="555")
+    configured = meta()
+    Connection.objects.filter(pk=configured.pk).update(lookback_days=10)
+
+    sync(default)
+    syncs = [NOW, NOW + timedelta(seconds=30), NOW + timedelta(hours=5, minutes=59), NOW + timedelta(hours=6)]
+    for at in syncs:
+        sync(configured, at)
+
+    [first_default] = graph.insights_requests("555")
+    assert first_default.time_range == {"since": "2026-10-31", "until": "2026-11-28"}  # 28 days back
+    windows = [r.time_range["since"] for r in graph.insights_requests(ACCOUNT)]
+    assert windows == ["2026-11-18", "2026-11-27", "2026-11-27", "2026-11-18"]
+    assert list(
+        SyncRun.objects.filter(connection=configured).order_by("started_at").values_list("window", flat=True)
+    ) == [
+        "lookback",
+        "recent",
+        "recent",
+        "lookback",
+    ]
+
+
+# --- throttling, usage headers and the budget ------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("code", "subcode"),
+    [(4, None), (17, 2446079), (32, None), (613, 1487742), *((code, 2446079) for code in range(80000, 80015))],
+)
+def test_throttle_error_defers_the_connection_and_is_not_a_failure(graph, meta, code, subcode):
+    graph.script(graph_error(code, f"(#{code}) Too many calls", subcode=subcode))
+    connection = restated(meta(sync_frequency=SyncFrequency.REALTIME))
+
+    assert sync(connection) == "rate_limited"
+
+    until = NOW + timedelta(minutes=5)
+    assert (connection.sync_status, connection.last_sync_error, connection.last_sync_error_kind) == ("idle", None, "")
+    assert (connection.rate_limited_until, connection.next_sync_at) == (until, until)
+    run = last_run(connection)
+    assert (run.outcome, run.error_class, run.api_calls) == ("rate_limited", "throttled", 1)
+    assert f"#{code}" in run.error_message
+
+
+@pytest.mark.django_db
+def test_throttle_error_waits_as_long_as_meta_estimates(graph, meta):
+    headers = buc_usage(ACCOUNT, 100, regain_minutes=17)
+    graph.script(graph_error(80000, "There have been too many calls from this ad-account.", headers=headers))
+    connection = restated(meta())
+
+    sync(connection)
+
+    assert connection.rate_limited_until == NOW + timedelta(minutes=17)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "headers",
+    [
+        buc_usage(ACCOUNT, 80),
+        {"X-Ad-Account-Usage": '{"acc_id_util_pct": 80.5, "reset_time_duration": 0}'},
+        {"x-fb-ads-insights-throttle": '{"app_id_util_pct": 12, "acc_id_util_pct": 80}'},
+    ],
+    ids=["business-use-case", "ad-account", "insights-throttle"],
+)
+def test_usage_header_at_80_percent_defers_the_next_sync(graph, meta, headers):
+    graph.insights[ACCOUNT] = two_days(spend="3.00")
+    graph.usage_headers = headers
+    connection = restated(meta(sync_frequency=SyncFrequency.REALTIME))
+
+    assert sync(connection) == "success"
+
+    until = NOW + timedelta(minutes=5)
+    assert (connection.sync_status, connection.rate_limited_until, connection.next_sync_at) == ("idle", until, until)
+    assert DailyMetric.objects.filter(connection=connection).count() == 2
+    assert connections_claim_due(now=NOW + timedelta(seconds=30), limit=10) == []
+
+
+@pytest.mark.django_db
+def test_usage_below_the_threshold_keeps_the_schedule(graph, meta):
+    graph.insights[ACCOUNT] = two_days()
+    graph.usage_headers = buc_usage(ACCOUNT, 70)
+    connection = restated(meta(sync_frequency=SyncFrequency.REALTIME))
+
+    sync(connection)
+
+    assert (connection.rate_limited_until, connection.next_sync_at) == (None, NOW + timedelta(seconds=30))
+
+
+@pytest.mark.django_db
+def test_dispatcher_defers_a_due_meta_connection_when_its_budget_is_full(meta):
+    connection = meta(sync_frequency=SyncFrequency.REALTIME)
+    [budget] = MetaProvider().budgets(external_account_id=ACCOUNT)
+    assert budget_try_spend(budget=budget, now=NOW - timedelta(minutes=10), calls=180)
+
+    assert connections_claim_due(now=NOW, limit=10) == []
+
+    connection.refresh_from_db()
+    available = NOW - timedelta(minutes=10) + timedelta(hours=1, minutes=1)
+    assert (connection.sync_status, connection.rate_limited_until, connection.next_sync_at) == (
+        "idle",
+        available,
+        available,
+    )
+
+
+@pytest.mark.django_db
+def test_realtime_for_an_hour_never_exceeds_180_calls_for_the_account(graph, meta):
+    # Two pages per ordinary sync (and 29 for the first, the lookback) want ~270 calls an hour.
+    graph.page_size = 2
+    days = [(date(2026, 11, 28) - timedelta(days=n)).isoformat() for n in range(40)]
+    graph.insights[ACCOUNT] = two_days(2, days=days, spend="1.00")
+    connection = meta(sync_frequency=SyncFrequency.REALTIME)
+
+    outcomes = []
+    for slot in range(120):
+        at = NOW + timedelta(seconds=30 * slot)
+        with time_machine.travel(at, tick=False):
+            for claim in connections_claim_due(now=at, limit=10):
+                outcomes.append(connection_sync_run(connection_id=claim.connection_id, job_id=claim.job_id))
+
+    calls = len(graph.insights_requests(ACCOUNT))
+    # 29 pages for the lookback, then 2 a sync; the 77th sync gets one page in and stops there.
+    assert calls == 180
+    assert outcomes == ["success"] * 76 + ["rate_limited"]
+    assert ApiCallBucket.objects.filter(key=f"meta:{ACCOUNT}").aggregate(s=Sum("calls"))["s"] == calls
+    assert SyncRun.objects.filter(connection=connection).aggregate(s=Sum("api_calls"))["s"] == calls
+    connection.refresh_from_db()
+    # Resumes by itself once the first minute's calls leave the rolling hour.
+    assert connection.rate_limited_until == NOW + timedelta(hours=1, minutes=1)
+    assert connection.next_sync_at == connection.rate_limited_until
+    assert connection.sync_status == SyncStatus.IDLE
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_expired_token_is_an_error_asking_to_reconnect(graph, meta):
+    connection = restated(meta(credentials={"access_token": "EAAexpired-token"}))
+
+    assert sync(connection) == "error"
+
+    assert (connection.sync_status, connection.last_sync_error, connection.last_sync_error_kind) == (
+        "error",
+        RECONNECT_MESSAGE,
+        "auth",
+    )
+    assert RECONNECT_MESSAGE == "Meta access expired — reconnect the account"
+    assert len(graph.insights_requests(ACCOUNT)) == 1
+
+
+@pytest.mark.django_db
+def test_missing_token_asks_to_reconnect_without_calling_meta(graph, meta):
+    connection = restated(meta(credentials={}))
+
+    sync(connection)
+
+    assert (connection.sync_status, connection.last_sync_error) == ("error", RECONNECT_MESSAGE)
+    assert graph.requests == []
+
+
+@pytest.mark.django_db
+def test_permission_error_asks_to_reconnect_with_metas_message(graph, meta):
+    graph.script(graph_error(200, "(#200) Requires ads_read permission", error_type="OAuthException", status=403))
+    connection = restated(meta())
+
+    sync(connection)
+
+    assert (connection.sync_status, connection.last_sync_error_kind) == ("error", "auth")
+    assert connection.last_sync_error == (
+        "Meta denied access to this ad account (#200): (#200) Requires ads_read permission — reconnect the account"
+    )
+
+
+@pytest.mark.django_db
+def test_other_errors_show_metas_message(graph, meta):
+    graph.script(graph_error(100, "(#100) Tried accessing nonexisting field (foo)", error_type="OAuthException"))
+    connection = restated(meta())
+
+    sync(connection)
+
+    assert (connection.sync_status, connection.last_sync_error_kind) == ("error", "permanent")
+    assert (
+        connection.last_sync_error == "Meta rejected the request (#100): (#100) Tried accessing nonexisting field (foo)"
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "failure",
+    [
+        html_502(),
+        graph_error(2, "An unexpected error has occurred. Please retry your request later.", is_transient=True),
+        graph_error(1, "Please reduce the amount of data you're asking for, then retry your request", status=500),
+        # HTML where JSON belongs: the SDK raises FacebookBadObjectError, not FacebookRequestError.
+        Answer(200, "<html><body>Sorry, something went wrong.</body></html>", content_type="text/html"),
+    ],
+    ids=["html-502", "is-transient", "http-500", "html-200"],
+)
+def test_transient_errors_are_retried_within_the_budget(graph, meta, failure):
+    graph.insights[ACCOUNT] = two_days(spend="2.00")
+    graph.script(failure, failure)
+    connection = restated(meta())
+
+    with time_machine.travel(NOW, tick=False):
+        job = connection_enqueue_sync(connection=connection, now=NOW, send=False)
+        sync_connection.apply(args=[connection.pk, str(job.job_id)])
+
+    connection.refresh_from_db()
+    assert (connection.sync_status, connection.last_sync_error) == ("idle", None)
+    runs = SyncRun.objects.filter(connection=connection).order_by("pk")
+    assert [(r.outcome, r.api_calls) for r in runs] == [("retrying", 1), ("retrying", 1), ("success", 1)]
+    assert len(graph.insights_requests(ACCOUNT)) == 3
+    assert ApiCallBucket.objects.filter(key=f"meta:{ACCOUNT}").aggregate(s=Sum("calls"))["s"] == 3
+    assert DailyMetric.objects.filter(connection=connection).count() == 2
+
+
+@pytest.mark.django_db
+def test_html_502_is_an_error_once_the_retries_run_out(graph, meta, settings):
+    settings.SYNC_TRANSIENT_RETRIES = 1
+    graph.script(html_502(), html_502())
+    connection = restated(meta())
+
+    with time_machine.travel(NOW, tick=False):
+        job = connection_enqueue_sync(connection=connection, now=NOW, send=False)
+        sync_connection.apply(args=[connection.pk, str(job.job_id)])
+
+    connection.refresh_from_db()
+    assert (connection.sync_status, connection.last_sync_error_kind) == ("error", "transient")
+    assert connection.last_sync_error == "Meta is temporarily unavailable (HTTP 502)."
+
+
+# --- no crash reporter, no token anywhere ------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_sync_leaves_sys_excepthook_unchanged(graph, meta):
+    hook = sys.excepthook
+    graph.insights[ACCOUNT] = two_days()
+    import facebook_business.api  # noqa: F401 - importing the SDK must not install anything either
+
+    sync(restated(meta()))
+    graph.script(graph_error(190, "Error validating access token", subcode=463))
+    sync(meta(external_account_id="2"))
+
+    assert sys.excepthook is hook
+    assert sys.excepthook is sys.__excepthook__
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.django_db
+def test_no_token_in_logs_errors_or_api_responses(graph, meta, owner, settings, caplog):
+    caplog.set_level(logging.DEBUG)
+    graph.insights[ACCOUNT] = two_days()
+    connection = restated(meta())
+    sync(connection)
+    graph.script(graph_error(100, "(#100) Invalid parameter"))
+    sync(connection, NOW + timedelta(minutes=1))
+    graph.script(html_502())
+    sync(connection, NOW + timedelta(minutes=2))
+    # Nothing listens there: requests' own error message carries the URL, token and all.
+    settings.META_GRAPH_URL = f"http://127.0.0.1:{closed_port()}"
+    sync(connection, NOW + timedelta(minutes=3))
+    assert connection.last_sync_error == "Could not reach Meta (ConnectionError)."
+
+    # The test saw the SDK's requests being logged (urllib3 logs each URL at DEBUG), redacted.
+    assert "access_token=[redacted]" in caplog.text
+    assert TOKEN not in caplog.text
+    runs = SyncRun.objects.filter(connection=connection)
+    assert runs.count() == 4
+    assert all(TOKEN not in (run.error_message or "") for run in runs)
+    assert TOKEN not in (connection.last_sync_error or "")
+    with db.cursor() as cursor:
+        cursor.execute("SELECT credentials FROM connections WHERE id = %s", [connection.pk])
+        [(stored,)] = cursor.fetchall()
+    assert TOKEN not in stored  # encrypted at rest
+
+    _, key = api_token_issue(user=owner)
+    client = Client(HTTP_AUTHORIZATION=f"Token {key}")
+    base = f"/connections/{connection.public_id}"
+    for url in ["/connections/", base, f"{base}/sync-status", f"{base}/sync-runs"]:
+        response = client.get(url, HTTP_ACCEPT="application/json")
+        assert response.status_code == 200, url
+        assert TOKEN not in response.content.decode()
+        assert "credentials" not in response.content.decode()
+        assert "access_token" not in response.content.decode()
+    detail = client.get(base, HTTP_ACCEPT="application/json").json()
+    assert "credentials" not in detail
