@@ -1,4 +1,5 @@
-"""Run the benchmarks: the dispatcher tick and persisting metrics; the soak only with --soak.
+"""Run the benchmarks: the dispatcher tick, persisting metrics and the API under load; the soak
+only with --soak.
 
     .venv/bin/python bench/run_all.py [--soak] [--soak-seconds 300] [--soak-connections 1000]
 
@@ -16,12 +17,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _setup
+import api
 import dispatcher
 import persist
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].rstrip(";"))
     parser.add_argument("--soak", action="store_true", help="also run the realtime soak (a few minutes)")
     parser.add_argument("--soak-seconds", type=float, default=300.0)
     parser.add_argument("--soak-connections", type=int, default=1000)
@@ -31,6 +33,7 @@ def main() -> int:
     summary: list[tuple[str, bool]] = []
     summary.append(("dispatcher", dispatcher.main([])["ok"]))
     summary.append(("persist", persist.main([])["ok"]))
+    summary.append(("api", api.main([])["ok"]))
     if args.soak:
         import soak
 

@@ -1,4 +1,4 @@
-"""The REST API (DRF). The spec's three endpoints, exactly, plus list/detail, history and jobs.
+"""The REST API (DRF). The spec's three endpoints, exactly, plus list/detail, history, jobs and ping.
 
 Every lookup goes through connections_for_user, so a connection in another workspace answers
 404 exactly like one that does not exist.
@@ -7,8 +7,11 @@ Every lookup goes through connections_for_user, so a connection in another works
 from __future__ import annotations
 
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
+from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -20,6 +23,7 @@ from connections.serializers import (
     ConnectionOut,
     ErrorOut,
     JobOut,
+    PingOut,
     SyncFrequencyIn,
     SyncNowOut,
     SyncRunOut,
@@ -29,9 +33,42 @@ from connections.services import connection_set_frequency
 from syncing.selectors import job_get_for_user, sync_runs_for_connection
 from syncing.services import BrokerUnavailable, connection_enqueue_sync
 
+CONNECTION_ID = OpenApiParameter(
+    "connection_id",
+    OpenApiTypes.UUID,
+    OpenApiParameter.PATH,
+    description="The connection's public id. Any other value answers 404, like an id in another workspace.",
+)
+JOB_ID = OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="A sync job's id.")
+WWW_AUTHENTICATE = OpenApiParameter(
+    "WWW-Authenticate",
+    str,
+    OpenApiParameter.HEADER,
+    response=[401],
+    required=True,
+    description='The challenge, `Token realm="api"`.',
+)
+
 NOT_FOUND = OpenApiResponse(ErrorOut, description="No such connection in your workspaces.")
 UNAUTHENTICATED = OpenApiResponse(ErrorOut, description="Missing or invalid credentials.")
-ERRORS = {401: UNAUTHENTICATED, 403: OpenApiResponse(ErrorOut, description="Refused."), 404: NOT_FOUND}
+REFUSED = OpenApiResponse(
+    ErrorOut,
+    description="Refused: a cookie-authenticated change from another site, or a session change without a CSRF token.",
+)
+# DRF's validation errors: each refused field (or non_field_errors) with its messages; a body
+# that is not JSON at all gets {"detail": ...} instead.
+VALIDATION_ERROR = OpenApiResponse(
+    {
+        "type": "object",
+        "properties": {"detail": {"type": "string"}},
+        "additionalProperties": {"type": "array", "items": {"type": "string"}},
+    },
+    description="Invalid input: the messages per field (or `detail` for a body that is not JSON).",
+)
+UNSUPPORTED_MEDIA_TYPE = OpenApiResponse(ErrorOut, description="The body is not `application/json`.")
+# Reads: safe methods are never refused with 403, only unauthenticated (401) or not found (404).
+READ_ERRORS = {401: UNAUTHENTICATED, 404: NOT_FOUND}
+WRITE_ERRORS = {401: UNAUTHENTICATED, 403: REFUSED, 404: NOT_FOUND}
 
 
 class ConnectionPagination(PageNumberPagination):
@@ -47,6 +84,19 @@ class SyncRunPagination(CursorPagination):
     max_page_size = 200
     ordering = ("-started_at", "-id")
 
+    def decode_cursor(self, request: Request):
+        # DRF trusts the position inside a cursor and filters started_at with it, so a tampered
+        # cursor ("p=x") made the database layer raise (500); it is just an invalid cursor.
+        cursor = super().decode_cursor(request)
+        if cursor is not None and cursor.position is not None:
+            try:
+                valid = parse_datetime(cursor.position) is not None
+            except ValueError:
+                valid = False
+            if not valid:
+                raise NotFound(self.invalid_cursor_message)
+        return cursor
+
 
 class ConnectionApiView(APIView):
     def get_connection(self, request: Request, connection_id: str) -> Connection:
@@ -57,20 +107,32 @@ class ConnectionApiView(APIView):
 
 
 class ConnectionListView(APIView):
+    # Read by drf-spectacular too, which documents the page envelope and its query parameters.
+    pagination_class = ConnectionPagination
+
     @extend_schema(
         operation_id="connections_list",
-        responses={200: ConnectionOut(many=True), 401: UNAUTHENTICATED},
+        parameters=[WWW_AUTHENTICATE],
+        responses={
+            200: ConnectionOut(many=True),
+            401: UNAUTHENTICATED,
+            404: OpenApiResponse(ErrorOut, description="No such page."),
+        },
         summary="Your connections with their sync status",
     )
     def get(self, request: Request) -> Response:
-        paginator = ConnectionPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(connections_for_user(user=request.user).order_by("name", "id"), request)
         data = ConnectionOut(page, many=True, context={"now": timezone.now()}).data
         return paginator.get_paginated_response(data)
 
 
 class ConnectionDetailView(ConnectionApiView):
-    @extend_schema(operation_id="connections_retrieve", responses={200: ConnectionOut, **ERRORS})
+    @extend_schema(
+        operation_id="connections_retrieve",
+        parameters=[CONNECTION_ID, WWW_AUTHENTICATE],
+        responses={200: ConnectionOut, **READ_ERRORS},
+    )
     def get(self, request: Request, connection_id: str) -> Response:
         return self.status_response(self.get_connection(request, connection_id), ConnectionOut)
 
@@ -79,10 +141,30 @@ class SyncNowView(ConnectionApiView):
     @extend_schema(
         operation_id="connections_sync_now",
         request=None,
+        parameters=[
+            CONNECTION_ID,
+            WWW_AUTHENTICATE,
+            OpenApiParameter(
+                "Location",
+                str,
+                OpenApiParameter.HEADER,
+                response=[202],
+                required=True,
+                description="The job's URL, `/jobs/{job_id}`: poll it to follow the sync.",
+            ),
+            OpenApiParameter(
+                "Retry-After",
+                int,
+                OpenApiParameter.HEADER,
+                response=[503],
+                required=True,
+                description="Seconds to wait before trying again.",
+            ),
+        ],
         responses={
             202: OpenApiResponse(SyncNowOut, description="Queued, or the job already queued or running."),
             503: OpenApiResponse(ErrorOut, description="The job queue is unavailable; nothing changed."),
-            **ERRORS,
+            **WRITE_ERRORS,
         },
         summary="Enqueue a sync job (returns at once)",
     )
@@ -102,7 +184,8 @@ class SyncFrequencyView(ConnectionApiView):
     @extend_schema(
         operation_id="connections_sync_frequency",
         request=SyncFrequencyIn,
-        responses={200: SyncStatusOut, 400: OpenApiResponse(description="Invalid frequency or fields."), **ERRORS},
+        parameters=[CONNECTION_ID, WWW_AUTHENTICATE],
+        responses={200: SyncStatusOut, 400: VALIDATION_ERROR, **WRITE_ERRORS, 415: UNSUPPORTED_MEDIA_TYPE},
         summary="Change the sync frequency (takes effect immediately)",
     )
     def patch(self, request: Request, connection_id: str) -> Response:
@@ -115,20 +198,31 @@ class SyncFrequencyView(ConnectionApiView):
 
 
 class SyncStatusView(ConnectionApiView):
-    @extend_schema(operation_id="connections_sync_status", responses={200: SyncStatusOut, **ERRORS})
+    @extend_schema(
+        operation_id="connections_sync_status",
+        parameters=[CONNECTION_ID, WWW_AUTHENTICATE],
+        responses={200: SyncStatusOut, **READ_ERRORS},
+    )
     def get(self, request: Request, connection_id: str) -> Response:
         return self.status_response(self.get_connection(request, connection_id))
 
 
 class SyncRunListView(ConnectionApiView):
+    pagination_class = SyncRunPagination
+
     @extend_schema(
         operation_id="connections_sync_runs",
-        responses={200: SyncRunOut(many=True), **ERRORS},
+        parameters=[CONNECTION_ID, WWW_AUTHENTICATE],
+        responses={
+            200: SyncRunOut(many=True),
+            401: UNAUTHENTICATED,
+            404: OpenApiResponse(ErrorOut, description="No such connection in your workspaces, or an invalid cursor."),
+        },
         summary="Sync history, newest first",
     )
     def get(self, request: Request, connection_id: str) -> Response:
         connection = self.get_connection(request, connection_id)
-        paginator = SyncRunPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(sync_runs_for_connection(connection=connection), request)
         return paginator.get_paginated_response(SyncRunOut(page, many=True).data)
 
@@ -136,9 +230,23 @@ class SyncRunListView(ConnectionApiView):
 class JobDetailView(APIView):
     @extend_schema(
         operation_id="jobs_retrieve",
+        parameters=[JOB_ID, WWW_AUTHENTICATE],
         responses={200: JobOut, 401: UNAUTHENTICATED, 404: OpenApiResponse(ErrorOut, description="No such job.")},
         summary="A job's state, timing and outcome (poll this to wait for a Sync Now)",
     )
     def get(self, request: Request, job_id: str) -> Response:
         job = job_get_for_user(user=request.user, job_id=job_id)
         return Response(JobOut(job).data)
+
+
+class PingView(APIView):
+    """The cheapest authenticated endpoint: credentials checked, no query of its own."""
+
+    @extend_schema(
+        operation_id="ping",
+        parameters=[WWW_AUTHENTICATE],
+        responses={200: PingOut, 401: UNAUTHENTICATED},
+        summary="Check that the API is up and your credentials work",
+    )
+    def get(self, request: Request) -> Response:
+        return Response(PingOut({"ok": True}).data)

@@ -1,6 +1,8 @@
-"""OpenAPI descriptions of our authentication classes for drf-spectacular (loaded in apps.py)."""
+"""OpenAPI descriptions of our authentication classes and strict input for drf-spectacular (loaded in apps.py)."""
 
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
+import copy
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
 
 
 class TokenAuthenticationScheme(OpenApiAuthenticationExtension):
@@ -30,3 +32,20 @@ class CookieTokenAuthenticationScheme(OpenApiAuthenticationExtension):
             "name": "access_token",
             "description": "The API key in the access_token cookie, as the spec's curl examples send it.",
         }
+
+
+class StrictSerializerScheme(OpenApiSerializerExtension):
+    """A StrictSerializer refuses fields it does not know (400), so its schema says so.
+
+    drf-spectacular also takes every PATCH body as partial, as DRF's UpdateModelMixin makes it;
+    our views validate the whole body (no partial=True), so required fields stay required.
+    """
+
+    target_class = "connections.serializers.StrictSerializer"
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema, direction):
+        serializer = copy.copy(self.target)
+        serializer.partial = False
+        schema = auto_schema._map_serializer(serializer, direction, bypass_extensions=True)
+        return {**schema, "additionalProperties": False}

@@ -157,3 +157,7 @@ class JobOut(serializers.Serializer):
 
 class ErrorOut(serializers.Serializer):
     detail = serializers.CharField()
+
+
+class PingOut(serializers.Serializer):
+    ok = serializers.BooleanField()

@@ -11,4 +11,5 @@ urlpatterns = [
     path("connections/<str:connection_id>/sync-status", api.SyncStatusView.as_view(), name="api-sync-status"),
     path("connections/<str:connection_id>/sync-runs", api.SyncRunListView.as_view(), name="api-sync-runs"),
     path("jobs/<str:job_id>", api.JobDetailView.as_view(), name="api-job"),
+    path("api/ping", api.PingView.as_view(), name="api-ping"),
 ]

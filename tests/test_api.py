@@ -622,3 +622,33 @@ def test_browsable_api_for_a_signed_in_user(owner, connection):
 
     assert response.status_code == 200
     assert b"Sync Status" in response.content
+
+
+# --- sync-runs cursors, ping --------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("position", ["p=x", "o=5&p=notadate", "r=1&p=%00", "p=2026-13-45 25:00:00"])
+def test_sync_runs_tampered_cursor_is_404(owner, connection, position):
+    # DRF trusts the position inside a cursor; a tampered one used to reach the database (500).
+    import base64
+
+    cursor = base64.b64encode(position.encode()).decode()
+
+    response = token_client(owner).get(f"/connections/{connection.public_id}/sync-runs", {"cursor": cursor})
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Invalid cursor"}
+
+
+@pytest.mark.django_db
+def test_ping_needs_credentials_and_nothing_else(owner, django_assert_num_queries):
+    # The trivial authenticated endpoint that bench/api.py measures the others against.
+    client = token_client(owner)
+    client.get("/api/ping")  # the first use of a token also records last_used_at
+
+    with django_assert_num_queries(1):  # the token lookup
+        response = client.get("/api/ping")
+
+    assert (response.status_code, response.json()) == (200, {"ok": True})
+    assert Client().get("/api/ping").status_code == 401
