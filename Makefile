@@ -21,17 +21,19 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 install: $(STAMP)
 
-# Web + worker + beat in one foreground command; Ctrl-C stops all three. With no DATABASE_URL
+# Web + worker + dispatcher + beat in one foreground command; Ctrl-C stops them all. With no DATABASE_URL
 # and no REDIS_URL this is the embedded mode: SQLite and a filesystem broker under .data/.
 run: install
 	$(PY) manage.py migrate --noinput
-	$(PY) manage.py seed_demo
+	@if [ -z "$$DATABASE_URL" ]; then $(PY) manage.py seed_demo; \
+	else echo "DATABASE_URL is set: not adding the demo user and data (run manage.py seed_demo to add them)"; fi
 	@echo
 	@echo "  AdSync is starting at http://127.0.0.1:8000/settings  (sign in: demo / demo)"
 	@echo "  Admin: http://127.0.0.1:8000/admin/   Ctrl-C stops web, worker and beat."
 	@echo
 	@trap 'kill 0' INT TERM; \
-	$(CELERY) -A adsync worker -Q sync_jobs,dispatch --concurrency 2 --loglevel INFO & \
+	$(CELERY) -A adsync worker -Q sync_jobs --concurrency 2 --loglevel INFO --hostname sync@%h & \
+	$(CELERY) -A adsync worker -Q dispatch --concurrency 1 --loglevel INFO --hostname dispatch@%h & \
 	$(CELERY) -A adsync beat --scheduler django --loglevel INFO & \
 	DEBUG=$${DEBUG:-1} $(PY) manage.py runserver 127.0.0.1:8000 & \
 	wait

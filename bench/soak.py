@@ -3,7 +3,8 @@
     .venv/bin/python bench/soak.py [--connections 1000] [--seconds 300] [--concurrency 2]
 
 Starts, as production runs them (in their own process groups, stopped on exit or Ctrl-C):
-    celery -A adsync worker -Q sync_jobs,dispatch --concurrency 2
+    celery -A adsync worker -Q sync_jobs --concurrency 2
+    celery -A adsync worker -Q dispatch --concurrency 1   (the dispatcher's own process)
     celery -A adsync beat -S django        (fires the dispatcher every SYNC_DISPATCH_INTERVAL)
 on the bench database and Redis db (see _setup.py), creates N realtime demo connections whose
 first slots are spread over one 30 s interval (as connections switched to realtime at
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     heading(f"Realtime soak: {args.connections:,} connections for {args.seconds:.0f} s ({_setup.machine_note()})")
     out(
-        f"worker --concurrency {args.concurrency} -Q sync_jobs,dispatch + beat -S django; dispatcher every "
+        f"worker --concurrency {args.concurrency} -Q sync_jobs + dispatcher -Q dispatch + beat -S django; every "
         f"{settings.SYNC_DISPATCH_INTERVAL:g} s, batch {settings.SYNC_DISPATCH_BATCH}; Redis {_setup.BENCH_REDIS_URL}"
     )
     _setup.tables_reset()
@@ -292,11 +293,15 @@ def main(argv: list[str] | None = None) -> dict:
     previous = signal.signal(signal.SIGTERM, on_signal)
     sampler = Sampler()
     try:
-        worker_args = ["worker", "-Q", "sync_jobs,dispatch", "--concurrency", str(args.concurrency)]
+        worker_args = ["worker", "-Q", "sync_jobs", "--concurrency", str(args.concurrency)]
         worker_args += ["--loglevel", "INFO", "-n", "bench-soak@%h"]
         worker_log = processes.start("worker", [*celery, *worker_args], env)
-        if not wait_for_line(worker_log, r"ready\.", timeout=60, processes=processes):
-            raise SystemExit(f"the worker did not start; see {worker_log}")
+        dispatcher_args = ["worker", "-Q", "dispatch", "--concurrency", "1", "--loglevel", "INFO"]
+        dispatcher_args += ["-n", "bench-dispatch@%h"]
+        dispatcher_log = processes.start("dispatcher", [*celery, *dispatcher_args], env)
+        for log in (worker_log, dispatcher_log):
+            if not wait_for_line(log, r"ready\.", timeout=60, processes=processes):
+                raise SystemExit(f"a worker did not start; see {log}")
         beat_log = processes.start("beat", [*celery, "beat", "-S", "django", "--loglevel", "INFO"], env)
         if not wait_for_line(beat_log, r"beat: Starting|Scheduler: Sending|LocalTime", timeout=60, processes=processes):
             raise SystemExit(f"beat did not start; see {beat_log}")
@@ -329,9 +334,9 @@ def main(argv: list[str] | None = None) -> dict:
         left = _setup.redis_queues_purge()
 
     result = analyse(first_slots=first_slots, started=started, ended=ended)
-    worker_problems = log_problems(worker_log)
+    worker_problems = log_problems(worker_log) + log_problems(dispatcher_log)
     beat_problems = log_problems(beat_log)
-    gaps = tick_gaps(worker_log)
+    gaps = tick_gaps(dispatcher_log)
     intervals, lateness = result["intervals"], result["lateness"]
     p50, p95 = percentile(intervals, 0.5), percentile(intervals, 0.95)
     worst = max(intervals) if intervals else float("nan")

@@ -75,6 +75,10 @@ RUNNABLE_STATUSES = (SyncStatus.IDLE, SyncStatus.ERROR)
 BUSY_STATUSES = (SyncStatus.QUEUED, SyncStatus.SYNCING)
 
 
+# last_sync_error_kind of a connection whose access expired or was revoked: it waits for a reconnect.
+AUTH_ERROR_KIND = "auth"
+
+
 class SyncTrigger(models.TextChoices):
     MANUAL = "manual", "Manual"
     SCHEDULED = "scheduled", "Scheduled"

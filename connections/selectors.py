@@ -14,7 +14,8 @@ from connections.models import Connection
 def connections_for_user(*, user: AbstractBaseUser) -> QuerySet[Connection]:
     if not user.is_authenticated:
         return Connection.objects.none()
-    return Connection.objects.filter(workspace__memberships__user=user).select_related("workspace")
+    # Credentials are decrypted only where a provider needs them, not on every page and poll.
+    return Connection.objects.filter(workspace__memberships__user=user).select_related("workspace").defer("credentials")
 
 
 def connection_get_for_user(*, user: AbstractBaseUser, public_id: uuid.UUID | str) -> Connection:

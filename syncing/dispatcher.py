@@ -154,7 +154,7 @@ def syncs_dispatch_due(*, now: datetime, limit: int | None = None) -> DispatchRe
         claimed += len(claims)
         if claims:
             try:
-                jobs_send(claims)
+                jobs_send(claims=claims)
             except BrokerUnavailable:
                 # The claims were reverted; the next tick tries again.
                 break

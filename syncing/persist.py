@@ -15,6 +15,7 @@ Call inside the transaction that also updates the connection's counters.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Iterable
 from datetime import datetime
@@ -22,7 +23,10 @@ from datetime import datetime
 from django.db import connection as db
 from django.db import transaction
 
+from syncing.models import DailyMetric
 from syncing.providers.base import MetricRow
+
+ENTITY_NAME_LENGTH = DailyMetric._meta.get_field("entity_name").max_length
 
 # Compared to decide whether a stored row changed; also the columns a change rewrites.
 VALUE_COLUMNS = ("entity_name", "spend", "impressions", "clicks", "conversions", "conversion_value", "currency")
@@ -32,8 +36,8 @@ _PG_MERGE = """
 MERGE INTO daily_metrics AS t
 USING (
     SELECT * FROM unnest(
-        %s::varchar[], %s::varchar[], %s::date[], %s::varchar[], %s::numeric[],
-        %s::bigint[], %s::bigint[], %s::numeric[], %s::numeric[], %s::varchar[]
+        %s::varchar[], %s::varchar[], %s::date[], %s::varchar[], %s::numeric(20,6)[],
+        %s::bigint[], %s::bigint[], %s::numeric(20,6)[], %s::numeric(20,6)[], %s::varchar[]
     ) AS u(level, entity_id, date, entity_name, spend, impressions, clicks, conversions,
            conversion_value, currency)
 ) AS s
@@ -95,18 +99,25 @@ WHERE ({tcols}) IS NOT ({ecols})
 _SQLITE_CHUNK = 500  # 12 parameters a row stays far below SQLite's variable limit
 
 
-def _dedupe(rows: Iterable[MetricRow]) -> list[MetricRow]:
-    # A platform can return one key twice (paging shifts under us); the last one wins, and
-    # MERGE refuses to touch a row twice in one statement.
+def _normalized(rows: Iterable[MetricRow]) -> list[MetricRow]:
+    """One row per key, with names cut to the column's length.
+
+    A platform can return one key twice (paging shifts under us): the last one wins, and MERGE
+    refuses to touch a row twice. Decimals are rounded to the columns' six places by the
+    database itself (the numeric(20,6) casts and staging columns below), before the comparison,
+    so 12.3456789 is compared as the stored 12.345679 and is not a "change" on every sync.
+    """
     by_key: dict[tuple, MetricRow] = {}
     for row in rows:
+        if len(row.entity_name) > ENTITY_NAME_LENGTH:
+            row = dataclasses.replace(row, entity_name=row.entity_name[:ENTITY_NAME_LENGTH])
         by_key[(row.level, row.entity_id, row.date)] = row
     return list(by_key.values())
 
 
 def metrics_persist_changed(*, connection_id: int, rows: Iterable[MetricRow], now: datetime) -> int:
     """Insert new rows and update changed ones; return how many rows were written."""
-    unique_rows = _dedupe(rows)
+    unique_rows = _normalized(rows)
     if not unique_rows:
         return 0
     if db.vendor == "postgresql":

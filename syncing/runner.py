@@ -84,13 +84,21 @@ def connection_sync_run(*, connection_id: int, job_id: uuid.UUID, attempt: int =
         error = PermanentError("Unexpected error while syncing; the operators have the details.")
         return _failed(started, error, meter)
 
-    written = sync_finish(
-        started=started,
-        rows=result.rows,
-        api_calls=meter.calls,
-        now=timezone.now(),
-        slow_down_until=result.slow_down_until,
-    )
+    try:
+        written = sync_finish(
+            started=started,
+            rows=result.rows,
+            api_calls=meter.calls,
+            now=timezone.now(),
+            slow_down_until=result.slow_down_until,
+        )
+    except Exception:
+        # The rows could not be stored (a value the table refuses, the database went away):
+        # the transaction rolled back, so say so now rather than leave the row syncing until
+        # recovery calls it an interrupted worker.
+        logger.exception("Could not store the metrics of connection %s (job %s)", connection_id, job_id)
+        error = PermanentError("Could not store the fetched metrics; the operators have the details.")
+        return _failed(started, error, meter)
     if written is None:
         logger.warning("Job %s for connection %s was recovered while running; discarded", job_id, connection_id)
         return None

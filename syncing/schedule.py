@@ -7,13 +7,16 @@ No database access here, so the rules are easy to test with frozen time and reus
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 import zoneinfo
 from datetime import date, datetime, timedelta
 
 from django.conf import settings
 
-from connections.models import SYNC_INTERVALS, SyncFrequency, SyncTrigger
+from connections.models import SYNC_INTERVALS, SyncTrigger
+
+logger = logging.getLogger(__name__)
 
 # Long intervals get a deterministic per-connection offset so that many connections switched
 # to "daily" at the same moment do not all fire together. Realtime gets none.
@@ -53,13 +56,16 @@ def next_sync_after_start(
 
     A scheduled attempt keeps its slot: the next one is the slot plus the interval, so the time
     between a beat tick and the worker picking the job up does not add up sync after sync (a
-    realtime connection syncs every 30 s, not every 30 s plus a tick). A manual attempt, or one
-    that ran more than a whole interval late, restarts the interval from its own start.
+    realtime connection syncs every 30 s, not every 30 s plus a tick). A manual attempt, one
+    that ran more than a whole interval late, or one whose frequency changed while it waited
+    (its next_sync_at is then in the future) restarts the interval from its own start.
     """
     interval = SYNC_INTERVALS[frequency]
     if interval is None:
         return None
-    if trigger == SyncTrigger.SCHEDULED and slot is not None and slot + interval > started_at:
+    # The slot is the due time this job was claimed for, so it is not in the future; if it is,
+    # the frequency was changed while the job waited and that change already set the schedule.
+    if trigger == SyncTrigger.SCHEDULED and slot is not None and slot <= started_at < slot + interval:
         return slot + interval
     return started_at + interval + jitter(public_id=public_id, interval=interval)
 
@@ -77,10 +83,16 @@ def restatement_due(*, last_restated_at: datetime | None, now: datetime) -> bool
 
 def sync_window(*, timezone: str, now: datetime, lookback_days: int | None) -> tuple[date, date]:
     """Days to fetch, in the account's own time zone: today and yesterday, or the lookback."""
-    today = now.astimezone(zoneinfo.ZoneInfo(timezone)).date()
+    today = now.astimezone(account_zone(timezone)).date()
     days_back = 1 if lookback_days is None else max(1, lookback_days)
     return today - timedelta(days=days_back), today
 
 
-def is_scheduled(frequency: str) -> bool:
-    return frequency != SyncFrequency.MANUAL
+def account_zone(name: str) -> zoneinfo.ZoneInfo:
+    """The account's time zone; UTC (logged) if the platform sent a name we cannot load, so a
+    bad value degrades the day boundaries instead of failing every sync before it starts."""
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        logger.warning("Unknown time zone %r; using UTC", name)
+        return zoneinfo.ZoneInfo("UTC")

@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from adsync.celery import app as celery_app
 from connections.models import (
+    AUTH_ERROR_KIND,
     BUSY_STATUSES,
     Connection,
     SyncFrequency,
@@ -37,7 +38,7 @@ from syncing import schedule
 from syncing.models import SyncOutcome, SyncRun, SyncWindow
 from syncing.persist import metrics_persist_changed
 from syncing.providers import provider_for
-from syncing.providers.base import MetricRow, ProviderError
+from syncing.providers.base import MetricRow, PermanentError, ProviderError
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class StartedSync:
     since: date
     until: date
     restatement: bool
+    # next_sync_at as it was before this start moved it on: put back if the job is retried.
+    slot: datetime | None
 
 
 # --- enqueue ----------------------------------------------------------------------------------
@@ -121,13 +124,13 @@ def connection_enqueue_sync(
                 current["queued_trigger"],
             )
             if send:
-                transaction.on_commit(functools.partial(jobs_send, [claim]))
+                transaction.on_commit(functools.partial(jobs_send, claims=[claim]))
             return EnqueueResult(job_id=job_id, status=SyncStatus.QUEUED, created=True)
     current = Connection.objects.filter(pk=connection.pk).values("sync_status", "job_id").get()
     return EnqueueResult(job_id=current["job_id"], status=current["sync_status"], created=False)
 
 
-def jobs_send(claims: list[Claim]) -> None:
+def jobs_send(*, claims: list[Claim]) -> None:
     """Publish one sync_jobs message per claim; revert the claims that could not be sent."""
     sent = 0
     try:
@@ -207,11 +210,12 @@ def sync_start(*, connection_id: int, job_id: uuid.UUID, now: datetime) -> Start
                 window_until=until,
                 started_at=now,
             )
+        slot = conn.next_sync_at
         conn.sync_status = SyncStatus.SYNCING
         conn.last_sync_attempted_at = now
         conn.total_syncs_attempted += 1
         conn.next_sync_at = next_at
-        return StartedSync(conn, run, job_id, now, since, until, restatement)
+        return StartedSync(conn, run, job_id, now, since, until, restatement, slot=slot)
     return None
 
 
@@ -274,12 +278,25 @@ def sync_finish(
 
 
 def sync_fail(*, started: StartedSync, error: ProviderError, now: datetime, api_calls: int = 0) -> bool:
-    """syncing -> error, with a short message a person can act on."""
+    """syncing -> error, with a short message a person can act on.
+
+    Expired access unschedules the connection: retrying every interval with a dead token only
+    spends the platform's budget on failures. Reconnecting schedules it again
+    (connections.services.connection_credentials_replace). A restatement the platform refuses
+    outright is not asked for again on every following sync: ordinary syncs carry on with the
+    recent days, and the lookback is tried again after the restatement interval.
+    """
+    changes: dict = {
+        "sync_status": SyncStatus.ERROR,
+        "last_sync_error": error.message,
+        "last_sync_error_kind": error.error_class,
+    }
+    if error.error_class == AUTH_ERROR_KIND:
+        changes["next_sync_at"] = None
+    if started.restatement and error.error_class == PermanentError.error_class:
+        changes["last_restated_at"] = started.started_at
     with transaction.atomic():
-        failed = _mine(started).update(
-            sync_status=SyncStatus.ERROR, last_sync_error=error.message, last_sync_error_kind=error.error_class
-        )
-        if failed != 1:
+        if _mine(started).update(**changes) != 1:
             return False
         _run_close(started, SyncOutcome.ERROR, error, now, api_calls)
     return True
@@ -309,9 +326,14 @@ def sync_defer(
 
 
 def sync_requeue_for_retry(*, started: StartedSync, error: ProviderError, now: datetime, api_calls: int = 0) -> bool:
-    """syncing -> queued for the same job, so the retried task can start it again."""
+    """syncing -> queued for the same job, so the retried task can start it again.
+
+    The schedule is put back as it was before this attempt started, so the retried start
+    serves the same slot instead of moving it on a second time. Each retry is an attempt of its
+    own (total_syncs_attempted counts calls to the platform, not jobs).
+    """
     with transaction.atomic():
-        if _mine(started).update(sync_status=SyncStatus.QUEUED, queued_at=now) != 1:
+        if _mine(started).update(sync_status=SyncStatus.QUEUED, queued_at=now, next_sync_at=started.slot) != 1:
             return False
         _run_close(started, SyncOutcome.RETRYING, error, now, api_calls)
     return True

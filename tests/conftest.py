@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from django.conf import settings
@@ -103,6 +104,9 @@ def _redis_client():
 def broker():
     """The test Redis database, emptied before the test. Requires REDIS_URL (make test sets it)."""
     if not settings.REDIS_URL:
+        # Locally a missing Redis skips; in CI it must not pass silently.
+        if os.environ.get("CI"):
+            pytest.fail("REDIS_URL is not set in CI")
         pytest.skip("needs REDIS_URL")
     client = _redis_client()
     client.flushdb()
@@ -112,7 +116,8 @@ def broker():
 
 def _worker_env(extra: dict[str, str]) -> dict[str, str]:
     db = settings.DATABASES["default"]
-    url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    password = f":{quote(db['PASSWORD'], safe='')}" if db.get("PASSWORD") else ""
+    url = f"postgres://{quote(db['USER'], safe='')}{password}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
     env = dict(os.environ, DATABASE_URL=url, REDIS_URL=settings.REDIS_URL, LOG_LEVEL="INFO")
     env.update(extra)
     return env

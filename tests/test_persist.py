@@ -135,3 +135,21 @@ def test_persist_staged_twice_in_one_transaction(connection):
         second = metrics_persist_changed(connection_id=connection.pk, rows=rows, now=NOW)
 
     assert (first, second) == (400, 0)
+
+
+@pytest.mark.parametrize("count", [1, 400])  # the array path and the staged COPY path
+def test_persist_more_than_six_places_is_stored_rounded_and_then_unchanged(connection, count):
+    rows = [row(f"c{i}", spend=Decimal("12.3456789"), conversions=Decimal("0.3333333333")) for i in range(count)]
+
+    assert metrics_persist_changed(connection_id=connection.pk, rows=rows, now=NOW) == count
+    assert metrics_persist_changed(connection_id=connection.pk, rows=rows, now=NOW) == 0
+    stored = DailyMetric.objects.get(entity_id="c0")
+    assert (stored.spend, stored.conversions) == (Decimal("12.345679"), Decimal("0.333333"))
+
+
+def test_persist_cuts_overlong_names_to_the_column(connection):
+    rows = [row(entity_name="x" * 500)]
+
+    assert metrics_persist_changed(connection_id=connection.pk, rows=rows, now=NOW) == 1
+    assert metrics_persist_changed(connection_id=connection.pk, rows=rows, now=NOW) == 0
+    assert DailyMetric.objects.get().entity_name == "x" * 400

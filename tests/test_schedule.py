@@ -113,3 +113,8 @@ def test_sync_window_recent_is_today_and_yesterday_in_the_account_zone():
 
 def test_sync_window_lookback():
     assert sync_window(timezone="UTC", now=NOW, lookback_days=28) == (date(2026, 10, 31), date(2026, 11, 28))
+
+
+@pytest.mark.parametrize("name", ["Mars/Olympus_Mons", "America", "", "../etc"])
+def test_sync_window_with_an_unknown_zone_uses_utc(name):
+    assert sync_window(timezone=name, now=NOW, lookback_days=None) == (date(2026, 11, 27), date(2026, 11, 28))

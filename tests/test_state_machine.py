@@ -451,3 +451,137 @@ def test_frequency_change_while_queued_wins_over_the_start(make_connection):
     assert started is not None
     # Slot NOW+1s (recomputed at the change) + 30 s: the new frequency, not an hour.
     assert reload(connection).next_sync_at == NOW + timedelta(seconds=31)
+
+
+# --- expired access and refused restatements ---------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_fail_with_expired_access_unschedules_until_reconnected(make_connection):
+    from connections.services import connection_credentials_replace
+
+    connection = make_connection(sync_frequency=SyncFrequency.REALTIME, now=NOW)
+    started = sync_start(
+        connection_id=connection.pk,
+        job_id=connection_enqueue_sync(connection=connection, now=NOW, send=False).job_id,
+        now=NOW,
+    )
+    sync_fail(started=started, error=AuthError("Meta access expired — reconnect the account"), now=NOW)
+    connection = reload(connection)
+    assert (connection.sync_status, connection.next_sync_at, connection.last_sync_error_kind) == ("error", None, "auth")
+
+    later = NOW + timedelta(minutes=5)
+    connection_credentials_replace(
+        connection=connection, credentials={"access_token": "new"}, expires_at=None, now=later
+    )
+
+    connection = reload(connection)
+    assert (connection.sync_status, connection.last_sync_error, connection.last_sync_error_kind) == ("idle", None, "")
+    assert connection.next_sync_at == later  # the last attempt was over 30 s ago: due at once
+    assert connection.credentials == {"access_token": "new"}
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_credentials_replace_leaves_other_errors_alone(connection):
+    from connections.services import connection_credentials_replace
+
+    Connection.objects.filter(pk=connection.pk).update(
+        sync_status=SyncStatus.ERROR, last_sync_error="Meta said no", last_sync_error_kind="permanent"
+    )
+
+    connection_credentials_replace(connection=connection, credentials={"access_token": "new"}, expires_at=NOW)
+
+    connection = reload(connection)
+    assert (connection.sync_status, connection.last_sync_error) == ("error", "Meta said no")
+    assert connection.credentials_expires_at == NOW
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_a_refused_restatement_lets_the_next_sync_fetch_recent_days(connection):
+    from syncing.providers.base import PermanentError
+
+    started = started_sync(connection)
+    assert started.restatement is True
+    sync_fail(started=started, error=PermanentError("Please reduce the amount of data"), now=NOW)
+
+    later = NOW + timedelta(minutes=1)
+    again = sync_start(connection_id=connection.pk, job_id=queued(connection, later).job_id, now=later)
+
+    assert again.restatement is False
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_a_transient_failure_keeps_the_restatement_due(connection):
+    started = started_sync(connection)
+    sync_fail(started=started, error=TransientProviderError("503"), now=NOW)
+
+    later = NOW + timedelta(minutes=1)
+    again = sync_start(connection_id=connection.pk, job_id=queued(connection, later).job_id, now=later)
+
+    assert again.restatement is True
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_a_retried_job_serves_the_same_slot(make_connection):
+    connection = make_connection(sync_frequency=SyncFrequency.HOURLY, now=NOW)
+    job = connection_enqueue_sync(connection=connection, trigger=SyncTrigger.SCHEDULED, now=NOW, send=False)
+    started = sync_start(connection_id=connection.pk, job_id=job.job_id, now=NOW + timedelta(seconds=1))
+    assert reload(connection).next_sync_at == NOW + timedelta(hours=1)
+
+    sync_requeue_for_retry(started=started, error=TransientProviderError("503"), now=NOW + timedelta(seconds=2))
+    assert reload(connection).next_sync_at == NOW
+    sync_start(connection_id=connection.pk, job_id=job.job_id, now=NOW + timedelta(seconds=7))
+
+    assert reload(connection).next_sync_at == NOW + timedelta(hours=1)
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_frequency_change_to_longer_while_queued_runs_from_the_start(make_connection):
+    from connections.services import connection_set_frequency
+    from syncing.schedule import jitter
+
+    connection = make_connection(sync_frequency=SyncFrequency.REALTIME, now=NOW)
+    Connection.objects.filter(pk=connection.pk).update(last_sync_attempted_at=NOW - timedelta(seconds=30))
+    job = connection_enqueue_sync(connection=connection, trigger=SyncTrigger.SCHEDULED, now=NOW, send=False)
+
+    connection_set_frequency(connection=connection, frequency=SyncFrequency.DAILY, now=NOW + timedelta(seconds=1))
+    sync_start(connection_id=connection.pk, job_id=job.job_id, now=NOW + timedelta(seconds=2))
+
+    # A day after this attempt, not a day after the (future) time the change computed.
+    day = timedelta(days=1)
+    expected = NOW + timedelta(seconds=2) + day + jitter(public_id=connection.public_id, interval=day)
+    assert reload(connection).next_sync_at == expected
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_frequency_change_respects_a_platform_throttle(make_connection):
+    from connections.services import connection_set_frequency
+
+    connection = make_connection(sync_frequency=SyncFrequency.HOURLY, now=NOW)
+    Connection.objects.filter(pk=connection.pk).update(rate_limited_until=NOW + timedelta(minutes=7))
+
+    connection_set_frequency(connection=connection, frequency=SyncFrequency.REALTIME, now=NOW)
+
+    assert reload(connection).next_sync_at == NOW + timedelta(minutes=7)
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_frequency_change_keeps_a_connection_waiting_for_reconnect_unscheduled(make_connection):
+    from connections.services import connection_set_frequency
+
+    connection = make_connection(sync_frequency=SyncFrequency.HOURLY, now=NOW)
+    Connection.objects.filter(pk=connection.pk).update(
+        sync_status=SyncStatus.ERROR, last_sync_error_kind="auth", next_sync_at=None
+    )
+
+    connection_set_frequency(connection=connection, frequency=SyncFrequency.REALTIME, now=NOW)
+
+    assert (reload(connection).sync_frequency, reload(connection).next_sync_at) == ("realtime", None)

@@ -27,13 +27,20 @@
     if (block && block.innerHTML !== html) block.innerHTML = html;
   }
 
+  // Responses can arrive out of order (a poll racing a form's answer): only the newest counts.
+  var issued = 0;
+  var applied = 0;
+
   function poll() {
+    var seq = ++issued;
     fetch(statusUrl, { headers: { Accept: "application/json" }, credentials: "same-origin" })
       .then(function (response) {
         if (!response.ok) throw new Error("status " + response.status);
         return response.json();
       })
       .then(function (data) {
+        if (seq < applied) return;
+        applied = seq;
         Object.keys(data.rows).forEach(function (id) { replaceStatus(id, data.rows[id]); });
         busy = data.busy;
       })
@@ -59,15 +66,26 @@
       headers: { Accept: "application/json" },
       credentials: "same-origin",
     })
-      .then(function (response) { return response.json(); })
+      .then(function (response) {
+        var type = response.headers.get("Content-Type") || "";
+        if (type.indexOf("application/json") === -1) {
+          // Signed out (redirected to the sign-in page) or refused by CSRF protection.
+          throw new Error(response.redirected || response.status === 403 ? "session" : "network");
+        }
+        return response.json();
+      })
       .then(function (data) {
+        var seq = ++issued;
+        applied = seq;
         message.textContent = data.message;
         message.className = "row-message message-" + data.level;
         card.querySelector(".status").innerHTML = data.status_html;
         busy = busy || data.busy;
       })
-      .catch(function () {
-        message.textContent = "Could not reach AdSync; please try again.";
+      .catch(function (error) {
+        message.textContent = error.message === "session"
+          ? "Your session has ended; reload the page to sign in again."
+          : "Could not reach AdSync; please try again.";
         message.className = "row-message message-error";
       })
       .then(function () {

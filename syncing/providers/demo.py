@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import zoneinfo
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -29,6 +28,7 @@ from syncing.providers.base import (
     ThrottledError,
     TransientProviderError,
 )
+from syncing.schedule import account_zone
 
 STEP_SECONDS = 120
 STEPS_PER_DAY = 86400 // STEP_SECONDS
@@ -67,7 +67,7 @@ class DemoProvider:
             time.sleep(latency_ms / 1000)
         self._maybe_fail(options.get("simulate_error"), now)
 
-        tz = zoneinfo.ZoneInfo(connection.timezone)
+        tz = account_zone(connection.timezone)
         local_now = now.astimezone(tz)
         today = local_now.date()
         seconds_today = local_now.hour * 3600 + local_now.minute * 60 + local_now.second

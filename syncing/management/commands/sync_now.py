@@ -118,7 +118,11 @@ class Command(BaseCommand):
             label = connection_label(connection)
             # send=False: the job is claimed exactly as Sync Now claims it, but no message goes
             # to the queue, so no worker can start it while this process runs it.
-            result = connection_enqueue_sync(connection=connection, trigger=SyncTrigger.MANUAL, now=now, send=False)
+            # A fresh time for each: an inline run can take minutes, and a stale queued_at would let
+            # the dispatcher's recovery take a job over as "lost" before it starts.
+            result = connection_enqueue_sync(
+                connection=connection, trigger=SyncTrigger.MANUAL, now=timezone.now(), send=False
+            )
             job = Job(connection, result.job_id, result.status)
             if not result.created:
                 # Only the worker holding that job's message may start it (the start transition
