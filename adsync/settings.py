@@ -8,6 +8,7 @@ Redis, as in production and CI. Both run the same code paths.
 import base64
 import contextlib
 import hashlib
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -24,13 +25,33 @@ EMBEDDED = not DATABASE_URL
 
 DEBUG = envbool("DEBUG", EMBEDDED)
 SECRET_KEY = envstr("SECRET_KEY")
-if not SECRET_KEY:
+# docker-compose.yml falls back to "change-me" so that `docker compose config` parses without
+# a .env; an installation must never run on it (credentials are encrypted with a key derived
+# from SECRET_KEY unless ADSYNC_ENCRYPTION_KEYS is set).
+if SECRET_KEY in ("", "change-me"):
     if not (DEBUG or EMBEDDED):
-        raise ImproperlyConfigured("SECRET_KEY must be set when running on DATABASE_URL with DEBUG off")
+        raise ImproperlyConfigured("SECRET_KEY must be set (and not to 'change-me') on DATABASE_URL with DEBUG off")
     SECRET_KEY = "insecure-development-key-do-not-use-in-production"
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
+
+# Behind a proxy that terminates TLS: the header it sets and the value that means https, e.g.
+# SECURE_PROXY_SSL_HEADER="HTTP_X_FORWARDED_PROTO,https" (only if the proxy always sets or strips
+# it: a client could send it otherwise). Without it, absolute URLs built from a request, such as
+# the OAuth callback, say http://.
+_proxy_ssl_header = envlist("SECURE_PROXY_SSL_HEADER")
+if _proxy_ssl_header:
+    if len(_proxy_ssl_header) != 2 or not _proxy_ssl_header[0].startswith("HTTP_"):
+        raise ImproperlyConfigured(
+            f"SECURE_PROXY_SSL_HEADER={','.join(_proxy_ssl_header)!r} is not like HTTP_X_FORWARDED_PROTO,https"
+        )
+    SECURE_PROXY_SSL_HEADER = (_proxy_ssl_header[0], _proxy_ssl_header[1])
+# Where people reach AdSync (https://adsync.example.com), for URLs given to others: the OAuth
+# redirect URIs of the Meta and Google connect flows are built from it. Empty: from the request.
+PUBLIC_BASE_URL = envstr("PUBLIC_BASE_URL").rstrip("/")
+if PUBLIC_BASE_URL and not PUBLIC_BASE_URL.startswith(("https://", "http://")):
+    raise ImproperlyConfigured(f"PUBLIC_BASE_URL={PUBLIC_BASE_URL!r} must start with https:// (or http://)")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -133,14 +154,17 @@ ENCRYPTION_KEYS = envlist("ADSYNC_ENCRYPTION_KEYS") or [
 # --- Sync engine ----------------------------------------------------------------------------
 # How often beat fires the dispatcher. Realtime connections are scheduled in 30 s slots, so a
 # tick of 1 s keeps every attempt within about a second of its slot.
-SYNC_DISPATCH_INTERVAL = envfloat("SYNC_DISPATCH_INTERVAL", 1.0, minimum=0.1)
+# Whole seconds: django-celery-beat stores interval schedules as integers (0.5 would become 0,
+# "always due").
+SYNC_DISPATCH_INTERVAL = envint("SYNC_DISPATCH_INTERVAL", 1, minimum=1)
 # The most connections one tick claims; a larger backlog is claimed over the next ticks.
 SYNC_DISPATCH_BATCH = envint("SYNC_DISPATCH_BATCH", 1000, minimum=1)
 # Hard limit for one sync task; the soft limit leaves time to record the failure.
 SYNC_TASK_TIME_LIMIT = envint("SYNC_TASK_TIME_LIMIT", 120, minimum=10)
 SYNC_TASK_SOFT_TIME_LIMIT = SYNC_TASK_TIME_LIMIT - 5
 # A job queued this long without starting is taken as lost (broker flushed, message dropped).
-SYNC_QUEUED_TIMEOUT = envint("SYNC_QUEUED_TIMEOUT", 120, minimum=10)
+# At least the longest retry backoff (60 s) plus headroom: a job waiting for its retry is queued.
+SYNC_QUEUED_TIMEOUT = envint("SYNC_QUEUED_TIMEOUT", 120, minimum=90)
 # A job syncing for longer than the hard limit plus this grace is taken as lost (worker killed).
 SYNC_RECOVERY_GRACE = envint("SYNC_RECOVERY_GRACE", 30, minimum=0)
 # Re-fetch the attribution lookback window at most this often per connection.
@@ -184,7 +208,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "sync_jobs"
 CELERY_TASK_ROUTES = {
     "syncing.sync_connection": {"queue": "sync_jobs"},
-    # The dispatcher has a queue of its own so that a backlog of sync jobs never delays a tick.
+    # The dispatcher has a queue of its own, consumed by a worker process of its own (see
+    # docker-compose.yml, make run), so that slow syncs filling every sync slot never delay a tick.
     "syncing.dispatch_due_syncs": {"queue": "dispatch"},
     "syncing.prune_sync_runs": {"queue": "dispatch"},
 }
@@ -260,6 +285,8 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(processName)s: %(message)s"}},
+    # The Graph API takes its token in the query string, and these loggers log every URL at DEBUG.
+    "filters": {"redact_tokens": {"()": "adsync.redaction.RedactTokens"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
@@ -272,22 +299,28 @@ LOGGING = {
         "celery.app.trace": {"level": "WARNING"},
         "celery.worker.strategy": {"level": "WARNING"},
         "celery.beat": {"level": "WARNING"},
+        # The facebook-business SDK's requests (urllib3) and the connect flows' httpx calls.
+        "urllib3.connectionpool": {"filters": ["redact_tokens"]},
+        "httpx": {"filters": ["redact_tokens"]},
     },
 }
 
-if not DEBUG:
-    SESSION_COOKIE_HTTPONLY = True
-    CSRF_COOKIE_HTTPONLY = False
+# Behind a TLS-terminating proxy: cookies only over HTTPS (set SECURE_COOKIES=1 there).
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = envbool("SECURE_COOKIES", False)
 
 # --- Meta Ads ---------------------------------------------------------------------------------
 # Where the Graph API lives (a proxy or a test server may stand in) and which version we speak.
 META_GRAPH_URL = envstr("META_GRAPH_URL", "https://graph.facebook.com").rstrip("/")
 META_API_VERSION = envstr("META_API_VERSION", "v26.0")
+if not re.fullmatch(r"v\d+\.\d+", META_API_VERSION):
+    raise ImproperlyConfigured(f"META_API_VERSION={META_API_VERSION!r} is not like v26.0")
 # The OAuth dialog's host ("Connect Meta account" sends the browser there).
 META_OAUTH_DIALOG_URL = envstr("META_OAUTH_DIALOG_URL", "https://www.facebook.com").rstrip("/")
 # The Meta app that users connect through; without these only pasted system-user tokens work.
 META_APP_ID = envstr("META_APP_ID")
 META_APP_SECRET = envstr("META_APP_SECRET")
+# The callback URL registered with the Meta app; empty: PUBLIC_BASE_URL or the request's host.
+META_OAUTH_REDIRECT_URI = envstr("META_OAUTH_REDIRECT_URI")
 # Our share of Meta's 200 calls per rolling hour per ad account (the rest is headroom).
 META_CALLS_PER_HOUR = envint("META_CALLS_PER_HOUR", 180, minimum=1)
 # Meta's usage headers at or above this percentage make the account wait before its next sync.
@@ -324,8 +357,7 @@ GOOGLE_CLIENT_ID = envstr("GOOGLE_CLIENT_ID")
 GOOGLE_CLIENT_SECRET = envstr("GOOGLE_CLIENT_SECRET")
 GOOGLE_OAUTH_AUTHORIZE_URL = envstr("GOOGLE_OAUTH_AUTHORIZE_URL", "https://accounts.google.com/o/oauth2/v2/auth")
 GOOGLE_TOKEN_URL = envstr("GOOGLE_TOKEN_URL", "https://oauth2.googleapis.com/token")
-# The callback URL registered with the OAuth client; empty: built from the request (behind a
-# proxy that rewrites the host or scheme, set it).
+# The callback URL registered with the OAuth client; empty: PUBLIC_BASE_URL or the request's host.
 GOOGLE_OAUTH_REDIRECT_URI = envstr("GOOGLE_OAUTH_REDIRECT_URI")
 # Seconds to wait for Google's OAuth token endpoint.
 GOOGLE_HTTP_TIMEOUT = envfloat("GOOGLE_HTTP_TIMEOUT", 15.0, minimum=1.0)

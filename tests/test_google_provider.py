@@ -14,14 +14,22 @@ import sys
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+import grpc
 import pytest
 import time_machine
 
 from connections.models import Connection, SyncFrequency, SyncStatus
 from syncing.dispatcher import connections_claim_due
 from syncing.models import DailyMetric, SyncOutcome, SyncRun
-from syncing.providers import PROVIDERS, provider_for
-from syncing.providers.google import RECONNECT_MESSAGE, access_tokens, google_ads_sdk
+from syncing.providers import PROVIDERS, google_sdk, provider_for
+from syncing.providers.google import (
+    RECONNECT_MESSAGE,
+    GoogleCustomer,
+    access_tokens,
+    google_ads_sdk,
+    google_customers_accessible,
+    google_error,
+)
 from syncing.runner import connection_sync_run
 from syncing.services import connection_enqueue_sync
 from syncing.tasks import sync_connection
@@ -29,6 +37,7 @@ from tests.conftest import ROOT
 from tests.fakes.google_ads import (
     Account,
     CampaignDay,
+    Failure,
     ads_failure,
     google_fakes_running,
     resource_exhausted,
@@ -165,7 +174,8 @@ def test_rows_are_exact_across_a_multi_batch_stream(google, google_connection):
 
 
 def test_an_unchanged_resync_of_recent_days_writes_nothing(google, google_connection, frozen):
-    google.ads.campaigns = [campaign(conversions=1 / 3, conversions_value=10 / 3)]
+    # More than 6 places, and 2.0000005 rounds half up (half-even would make it 2.000000).
+    google.ads.campaigns = [campaign(conversions=2.0000005, conversions_value=10 / 3)]
     connection = google_connection(sync_frequency=SyncFrequency.REALTIME)
     sync(connection)
     frozen.shift(timedelta(seconds=30))
@@ -174,6 +184,12 @@ def test_an_unchanged_resync_of_recent_days_writes_nothing(google, google_connec
 
     connection = reload(connection)
     assert (connection.total_syncs_attempted, connection.total_syncs_with_changes) == (2, 1)
+    metric = DailyMetric.objects.get(connection=connection)
+    assert (metric.conversions, metric.conversion_value) == (Decimal("2.000001"), Decimal("3.333333"))
+    assert list(SyncRun.objects.filter(connection=connection).order_by("pk").values_list("rows_written")) == [
+        (1,),
+        (0,),
+    ]
     second = google.ads.search_streams()[1]
     assert f"BETWEEN '{TODAY - timedelta(days=1)}' AND '{TODAY}'" in second.query
 
@@ -189,14 +205,59 @@ def test_the_account_time_zone_picks_the_days_asked_for(google, google_connectio
     assert "BETWEEN '2031-03-12' AND '2031-03-13'" in google.ads.search_streams()[0].query
 
 
-def test_a_manager_account_is_reached_through_login_customer_id(google, google_connection):
-    connection = google_connection()
-    connection.credentials = dict(connection.credentials, login_customer_id="111-222-3333")
+def through_manager(connection: Connection, manager: str) -> Connection:
+    connection.credentials = dict(connection.credentials, login_customer_id=manager)
     connection.save(update_fields=["credentials"])
+    return connection
+
+
+def test_a_manager_account_is_reached_through_login_customer_id(google, google_connection):
+    # The fake refuses a login-customer-id that is not a manager of the customer.
+    google.ads.add_account(Account("1112223333", "Agency", manager=True, clients=(CUSTOMER,)))
+    google.ads.campaigns = [campaign()]
+    connection = through_manager(google_connection(), "111-222-3333")
 
     assert sync(connection) == SyncOutcome.SUCCESS
 
     assert google.ads.search_streams()[0].metadata["login-customer-id"] == "1112223333"
+    assert DailyMetric.objects.filter(connection=connection).count() == 1
+
+
+def test_a_manager_that_no_longer_manages_the_account_asks_to_reconnect(google, google_connection):
+    google.ads.add_account(Account("1112223333", "Agency", manager=True, clients=()))
+    connection = through_manager(google_connection(), "111-222-3333")
+
+    assert sync(connection) == SyncOutcome.ERROR
+
+    connection = reload(connection)
+    assert (connection.last_sync_error_kind, connection.last_sync_error) == ("auth", RECONNECT_MESSAGE)
+
+
+def test_a_developer_token_google_does_not_take_is_shown_not_a_reconnect(google, google_connection, settings):
+    settings.GOOGLE_DEVELOPER_TOKEN = "not-the-fakes-token"
+    connection = google_connection()
+
+    assert sync(connection) == SyncOutcome.ERROR
+
+    connection = reload(connection)
+    assert google.ads.search_streams()[0].metadata["developer-token"] == "not-the-fakes-token"
+    assert (connection.last_sync_error_kind, connection.last_sync_error) == (
+        "permanent",
+        "The developer token is not valid. (request id req-developer-token)",
+    )
+
+
+def test_an_unknown_account_time_zone_is_stored_as_utc(google, caplog):
+    google.ads.add_account(Account("5555555555", "Mars Shop", time_zone="Mars/Olympus_Mons"))
+    google.ads.accessible = [CUSTOMER, "5555555555"]
+
+    customers = google_customers_accessible(access_token=google.oauth.issue_access_token())
+
+    assert customers == [
+        GoogleCustomer("5555555555", "Mars Shop", "USD", "UTC", None),
+        GoogleCustomer(CUSTOMER, "Shop DE", "EUR", "Europe/Berlin", None),
+    ]
+    assert "Unknown time zone 'Mars/Olympus_Mons'; using UTC" in caplog.text
 
 
 # --- OAuth access tokens -------------------------------------------------------------------------
@@ -241,9 +302,64 @@ def test_an_unreachable_token_endpoint_is_transient(google, google_connection, s
     connection = reload(connection)
     assert (connection.last_sync_error_kind, connection.last_sync_error) == (
         "transient",
-        "Could not reach Google's sign-in service; retrying",
+        "Could not reach Google's sign-in service",
     )
     assert google.ads.calls == []
+
+
+def test_a_misconfigured_oauth_client_is_not_the_users_to_fix(google, google_connection, settings):
+    connection = google_connection(sync_frequency=SyncFrequency.HOURLY)
+    settings.GOOGLE_CLIENT_SECRET = "not-the-client-secret"
+
+    assert sync(connection) == SyncOutcome.ERROR
+
+    connection = reload(connection)
+    assert (connection.last_sync_error_kind, connection.last_sync_error) == (
+        "permanent",
+        "Google OAuth client is misconfigured (invalid_client: Unauthorized) — check GOOGLE_CLIENT_ID and "
+        "GOOGLE_CLIENT_SECRET",
+    )
+    assert "not-the-client-secret" not in connection.last_sync_error
+    # Not unscheduled, as an auth error would be: fixing the installation is enough.
+    assert connection.next_sync_at is not None
+    assert google.ads.calls == []
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        ("invalid_client", "Google OAuth client is misconfigured (invalid_client: The OAuth client was not found.)"),
+        ("unauthorized_client", "Google OAuth client is misconfigured (unauthorized_client: The OAuth client was not "),
+        ("invalid_grant", RECONNECT_MESSAGE),
+    ],
+)
+def test_token_endpoint_errors_tell_the_installation_from_the_user(error, message):
+    from google.auth.exceptions import RefreshError
+
+    answer = {"error": error, "error_description": "The OAuth client was not found."}
+    mapped = google_error(RefreshError(f"{error}: ...", answer, retryable=False), now=NOW)
+
+    assert mapped.message.startswith(message)
+    assert mapped.error_class == ("auth" if error == "invalid_grant" else "permanent")
+
+
+def test_an_access_token_google_stops_taking_is_refreshed_once(google, google_connection, frozen):
+    google.ads.campaigns = [campaign()]
+    connection = google_connection(sync_frequency=SyncFrequency.REALTIME)
+    sync(connection)
+    google.oauth.access_tokens.clear()  # Google no longer takes ya29.fake-access-1, an hour early
+    frozen.shift(timedelta(seconds=30))
+
+    assert sync(connection) == SyncOutcome.SUCCESS
+
+    assert [c.metadata["authorization"] for c in google.ads.search_streams()] == [
+        "Bearer ya29.fake-access-1",
+        "Bearer ya29.fake-access-1",  # refused: OAUTH_TOKEN_INVALID
+        "Bearer ya29.fake-access-2",
+    ]
+    assert google.oauth.refreshes == ["1//refresh-1234567890"] * 2
+    run = SyncRun.objects.filter(connection=connection).latest("pk")
+    assert (run.outcome, run.api_calls) == (SyncOutcome.SUCCESS, 2)
 
 
 def test_a_connection_without_a_refresh_token_asks_to_reconnect(google, google_connection):
@@ -315,17 +431,18 @@ def test_resource_exhausted_without_a_delay_pauses_for_the_default(google, googl
 
 
 @pytest.mark.parametrize(
-    ("kind", "name", "status"),
+    ("kind", "name", "status", "calls"),
     [
-        ("authentication_error", "OAUTH_TOKEN_EXPIRED", "UNAUTHENTICATED"),
-        ("authentication_error", "OAUTH_TOKEN_REVOKED", "UNAUTHENTICATED"),
-        ("authorization_error", "USER_PERMISSION_DENIED", "PERMISSION_DENIED"),
+        # An expired access token is refreshed and the call made again, once.
+        ("authentication_error", "OAUTH_TOKEN_EXPIRED", "UNAUTHENTICATED", 2),
+        ("authentication_error", "OAUTH_TOKEN_INVALID", "UNAUTHENTICATED", 2),
+        ("authentication_error", "OAUTH_TOKEN_REVOKED", "UNAUTHENTICATED", 1),
+        ("authorization_error", "USER_PERMISSION_DENIED", "PERMISSION_DENIED", 1),
     ],
 )
-def test_auth_failures_ask_to_reconnect(google, google_connection, kind, name, status):
-    import grpc
-
-    google.ads.fail_next(ads_failure(kind, name, "Authentication failed.", status=grpc.StatusCode[status]))
+def test_auth_failures_ask_to_reconnect(google, google_connection, kind, name, status, calls):
+    failure = ads_failure(kind, name, "Authentication failed.", status=grpc.StatusCode[status])
+    google.ads.fail_next(failure, failure)
     connection = google_connection()
 
     assert sync(connection) == SyncOutcome.ERROR
@@ -333,11 +450,28 @@ def test_auth_failures_ask_to_reconnect(google, google_connection, kind, name, s
     connection = reload(connection)
     assert (connection.last_sync_error, connection.last_sync_error_kind) == (RECONNECT_MESSAGE, "auth")
     assert "ya29" not in connection.last_sync_error
+    assert (len(google.ads.search_streams()), len(google.oauth.refreshes)) == (calls, calls)
+    assert SyncRun.objects.get(connection=connection).api_calls == calls
+
+
+def test_permission_denied_without_an_ads_failure_shows_googles_message(google, google_connection):
+    message = (
+        "Google Ads API has not been used in project 123456 before or it is disabled. Enable it by visiting "
+        "https://console.developers.google.com/apis/api/googleads.googleapis.com/overview?project=123456"
+    )
+    google.ads.fail_next(Failure(grpc.StatusCode.PERMISSION_DENIED, message, (("request-id", "req-disabled"),)))
+    connection = google_connection()
+
+    assert sync(connection) == SyncOutcome.ERROR
+
+    connection = reload(connection)
+    assert (connection.last_sync_error_kind, connection.last_sync_error) == (
+        "permanent",
+        f"{message} (request id req-disabled)",
+    )
 
 
 def test_a_developer_token_problem_is_not_the_users_to_fix(google, google_connection):
-    import grpc
-
     message = "The developer token is not approved."
     google.ads.fail_next(
         ads_failure(
@@ -366,7 +500,8 @@ def test_other_errors_show_googles_message_and_request_id_never_a_token(google, 
 
 def test_unavailable_is_retried_with_backoff_then_succeeds(google, google_connection, settings):
     settings.SYNC_TRANSIENT_RETRIES = 3
-    google.ads.fail_next(unavailable(), unavailable())
+    with_request_id = Failure(grpc.StatusCode.UNAVAILABLE, "Try again later.", (("request-id", "req-u2"),))
+    google.ads.fail_next(unavailable(), with_request_id)
     google.ads.campaigns = [campaign()]
     connection = google_connection()
     job = connection_enqueue_sync(connection=connection, send=False)
@@ -377,16 +512,18 @@ def test_unavailable_is_retried_with_backoff_then_succeeds(google, google_connec
     connection = reload(connection)
     assert (connection.sync_status, connection.last_sync_error) == (SyncStatus.IDLE, None)
     assert len(google.ads.search_streams()) == 3
-    outcomes = list(SyncRun.objects.filter(connection=connection).order_by("pk").values_list("outcome", "error_class"))
-    assert outcomes == [("retrying", "transient"), ("retrying", "transient"), ("success", "")]
+    outcomes = list(
+        SyncRun.objects.filter(connection=connection).order_by("pk").values_list("outcome", "error_message")
+    )
+    assert outcomes == [
+        ("retrying", "Google Ads is temporarily unavailable (The service is currently unavailable.)"),
+        ("retrying", "Google Ads is temporarily unavailable (Try again later.) (request id req-u2)"),
+        ("success", ""),
+    ]
     assert DailyMetric.objects.filter(connection=connection).count() == 1
 
 
 def test_a_stream_failing_midway_keeps_none_of_its_rows(google, google_connection):
-    import grpc
-
-    from tests.fakes.google_ads import Failure
-
     google.ads.batch_size = 1
     google.ads.campaigns = [campaign(), campaign(campaign_id=12), campaign(campaign_id=13)]
     google.ads.fail_next(Failure(grpc.StatusCode.INTERNAL, "Internal error encountered.", after_batches=1))
@@ -454,6 +591,7 @@ def test_the_installation_budget_holds_across_many_connections(google, google_co
 
 
 def test_the_sdk_is_built_once_and_its_channel_reused_across_connections(google, google_connection):
+    google.ads.add_account(Account("2222222222", "Shop AT"))
     first, second = google_connection(), google_connection("2222222222")
     sync(first)
     sdk = google_ads_sdk()
@@ -467,6 +605,21 @@ def test_the_sdk_is_built_once_and_its_channel_reused_across_connections(google,
     # Each call still carried its own connection's token.
     assert google.oauth.refreshes == ["1//refresh-1234567890", "1//refresh-2222222222"]
     assert one.metadata["authorization"] != two.metadata["authorization"]
+
+
+def test_a_forked_process_builds_its_own_channel_and_fetches_its_own_tokens(google, google_connection, monkeypatch):
+    connection = google_connection(sync_frequency=SyncFrequency.REALTIME)
+    sync(connection)
+    parent = google_ads_sdk()
+
+    # What a Celery prefork child sees: the parent's module state under another process id.
+    monkeypatch.setattr(google_sdk.os, "getpid", lambda: 4_000_000)
+    assert sync(connection) == SyncOutcome.SUCCESS
+
+    assert google_ads_sdk() is not parent
+    assert google.oauth.refreshes == ["1//refresh-1234567890"] * 2
+    first, second = google.ads.search_streams()
+    assert first.peer != second.peer
 
 
 def test_importing_the_app_does_not_import_the_sdk():

@@ -5,16 +5,20 @@ Syncs go through the real runner, state machine, budget and dispatcher; only the
 """
 
 import logging
+import os
 import socket
+import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 import pytest
 import time_machine
 from django.db import connection as db
 from django.db.models import Sum
 from django.test import Client
+from facebook_business.adobjects.adaccount import AdAccount
+from facebook_business.exceptions import FacebookBadParameterError
 
 from connections.authentication import api_token_issue
 from connections.models import Connection, SyncFrequency, SyncStatus
@@ -22,11 +26,13 @@ from syncing.budget import CallMeter, budget_try_spend
 from syncing.dispatcher import connections_claim_due
 from syncing.models import ApiCallBucket, DailyMetric, SyncRun
 from syncing.providers import PROVIDERS, provider_for
+from syncing.providers.base import decimal_exact
 from syncing.providers.meta import RECONNECT_MESSAGE, MetaProvider
 from syncing.runner import connection_sync_run
 from syncing.services import connection_enqueue_sync
 from syncing.tasks import sync_connection
-from tests.fakes.graph import Answer, FakeGraph, buc_usage, graph_error, html_502, insight
+from tests.conftest import ROOT
+from tests.fakes.graph import TOO_MUCH_DATA_MESSAGE, Answer, FakeGraph, buc_usage, graph_error, html_502, insight
 
 TOKEN = "EAAGm0PX4ZCpsBA-secret-user-token"
 ACCOUNT = "1234567890"
@@ -82,6 +88,19 @@ def two_days(campaigns: int = 1, *, days=("2026-11-27", "2026-11-28"), **fields)
 
 def last_run(connection: Connection) -> SyncRun:
     return SyncRun.objects.filter(connection=connection).latest("started_at", "pk")
+
+
+def calls_counted(account: str = ACCOUNT) -> int:
+    return ApiCallBucket.objects.filter(key=f"meta:{account}").aggregate(s=Sum("calls"))["s"] or 0
+
+
+def ranges(requests) -> list[tuple[str, str]]:
+    """The time_range of each request, as (since, until)."""
+    return [(r.time_range["since"], r.time_range["until"]) for r in requests]
+
+
+def lookback_days(count: int = 40, until: date = date(2026, 11, 28)) -> tuple[str, ...]:
+    return tuple((until - timedelta(days=n)).isoformat() for n in range(count))
 
 
 # --- registry and budget ----------------------------------------------------------------------
@@ -254,10 +273,17 @@ def test_restatement_refetches_the_lookback_at_the_configured_cadence(graph, met
     for at in syncs:
         sync(configured, at)
 
-    [first_default] = graph.insights_requests("555")
-    assert first_default.time_range == {"since": "2026-10-31", "until": "2026-11-28"}  # 28 days back
-    windows = [r.time_range["since"] for r in graph.insights_requests(ACCOUNT)]
-    assert windows == ["2026-11-18", "2026-11-27", "2026-11-27", "2026-11-18"]
+    # 28 days back, in requests of at most a week, the newest first.
+    assert ranges(graph.insights_requests("555")) == [
+        ("2026-11-22", "2026-11-28"),
+        ("2026-11-15", "2026-11-21"),
+        ("2026-11-08", "2026-11-14"),
+        ("2026-11-01", "2026-11-07"),
+        ("2026-10-31", "2026-10-31"),
+    ]
+    lookback = [("2026-11-22", "2026-11-28"), ("2026-11-18", "2026-11-21")]  # 10 days back
+    recent = [("2026-11-27", "2026-11-28")]
+    assert ranges(graph.insights_requests(ACCOUNT)) == lookback + recent + recent + lookback
     assert list(
         SyncRun.objects.filter(connection=configured).order_by("started_at").values_list("window", flat=True)
     ) == [
@@ -266,6 +292,108 @@ def test_restatement_refetches_the_lookback_at_the_configured_cadence(graph, met
         "recent",
         "lookback",
     ]
+
+
+# --- restatements of large accounts ------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_restatement_meta_refuses_in_one_request_is_fetched_in_weekly_chunks(graph, meta):
+    # A busy account: Meta refuses any request over 7 days with 1/1487534, however often asked.
+    graph.max_days = 7
+    graph.page_size = 5
+    graph.insights[ACCOUNT] = two_days(2, days=lookback_days(), spend="1.00")
+    connection = meta()
+
+    assert sync(connection) == "success"
+
+    requests = graph.insights_requests(ACCOUNT)
+    firsts = [r for r in requests if "after" not in r.params]
+    assert ranges(firsts) == [
+        ("2026-11-22", "2026-11-28"),
+        ("2026-11-15", "2026-11-21"),
+        ("2026-11-08", "2026-11-14"),
+        ("2026-11-01", "2026-11-07"),
+        ("2026-10-31", "2026-10-31"),
+    ]
+    # 14 rows a week in pages of 5 (3 calls), then 2 rows for the last day (1 call): each counted.
+    assert len(requests) == 4 * 3 + 1
+    assert calls_counted() == last_run(connection).api_calls == 13
+    assert DailyMetric.objects.filter(connection=connection).count() == 2 * 29
+    assert (connection.last_restated_at, last_run(connection).rows_written) == (NOW, 58)
+
+
+@pytest.mark.django_db
+def test_a_chunk_meta_still_refuses_is_halved_newest_first(graph, meta):
+    graph.max_days = 2
+    graph.insights[ACCOUNT] = two_days(1, days=lookback_days(), spend="1.00")
+    connection = meta()
+
+    assert sync(connection) == "success"
+
+    requests = graph.insights_requests(ACCOUNT)
+    assert ranges(requests)[:8] == [
+        ("2026-11-22", "2026-11-28"),  # refused
+        ("2026-11-26", "2026-11-28"),  # refused
+        ("2026-11-28", "2026-11-28"),
+        ("2026-11-26", "2026-11-27"),
+        ("2026-11-22", "2026-11-25"),  # refused
+        ("2026-11-24", "2026-11-25"),
+        ("2026-11-22", "2026-11-23"),
+        ("2026-11-15", "2026-11-21"),  # refused
+    ]
+    answered = [(s, u) for s, u in ranges(requests) if date.fromisoformat(u) - date.fromisoformat(s) < timedelta(2)]
+    answered_days = sorted(
+        (date.fromisoformat(s) + timedelta(days=n)).isoformat()
+        for s, u in answered
+        for n in range((date.fromisoformat(u) - date.fromisoformat(s)).days + 1)
+    )
+    assert answered_days == sorted(lookback_days(29))  # every day once
+    # The refused calls count against the budget too.
+    assert calls_counted() == last_run(connection).api_calls == len(requests)
+    assert DailyMetric.objects.filter(connection=connection).count() == 29
+
+
+@pytest.mark.django_db
+def test_a_single_day_meta_refuses_is_a_permanent_error_with_its_message(graph, meta):
+    graph.max_days = 0
+    graph.insights[ACCOUNT] = two_days(days=lookback_days())
+    connection = meta(sync_frequency=SyncFrequency.HOURLY)
+
+    assert sync(connection) == "error"
+
+    assert ranges(graph.insights_requests(ACCOUNT)) == [
+        ("2026-11-22", "2026-11-28"),
+        ("2026-11-26", "2026-11-28"),
+        ("2026-11-28", "2026-11-28"),
+    ]
+    assert (connection.last_sync_error_kind, connection.last_sync_error) == (
+        "permanent",
+        f"Meta cannot return even one day of insights for this ad account (#1): {TOO_MUCH_DATA_MESSAGE}",
+    )
+    assert (last_run(connection).api_calls, calls_counted()) == (3, 3)
+    assert DailyMetric.objects.filter(connection=connection).count() == 0
+    # The restatement is not asked for again on every sync: the next one fetches recent days.
+    assert connection.last_restated_at == NOW
+    graph.max_days = 2
+    assert sync(connection, NOW + timedelta(hours=1)) == "success"
+    assert ranges(graph.insights_requests(ACCOUNT))[-1] == ("2026-11-27", "2026-11-28")
+
+
+@pytest.mark.django_db
+def test_a_chunked_restatement_stops_at_the_budget_and_writes_nothing(graph, meta, settings):
+    settings.META_CALLS_PER_HOUR = 3
+    graph.max_days = 7
+    graph.insights[ACCOUNT] = two_days(days=lookback_days())
+    connection = meta()
+
+    assert sync(connection) == "rate_limited"
+
+    assert len(graph.insights_requests(ACCOUNT)) == calls_counted() == last_run(connection).api_calls == 3
+    assert DailyMetric.objects.filter(connection=connection).count() == 0
+    # Still due: the whole lookback is fetched again once the budget allows.
+    assert connection.last_restated_at is None
+    assert connection.rate_limited_until == NOW + timedelta(hours=1, minutes=1)
 
 
 # --- throttling, usage headers and the budget ------------------------------------------------
@@ -368,7 +496,8 @@ def test_realtime_for_an_hour_never_exceeds_180_calls_for_the_account(graph, met
                 outcomes.append(connection_sync_run(connection_id=claim.connection_id, job_id=claim.job_id))
 
     calls = len(graph.insights_requests(ACCOUNT))
-    # 29 pages for the lookback, then 2 a sync; the 77th sync gets one page in and stops there.
+    # 29 pages for the lookback (7 for each of four weeks, 1 for the last day), then 2 a sync;
+    # the 77th sync gets one page in and stops there.
     assert calls == 180
     assert outcomes == ["success"] * 76 + ["rate_limited"]
     assert ApiCallBucket.objects.filter(key=f"meta:{ACCOUNT}").aggregate(s=Sum("calls"))["s"] == calls
@@ -416,8 +545,9 @@ def test_permission_error_asks_to_reconnect_with_metas_message(graph, meta):
     sync(connection)
 
     assert (connection.sync_status, connection.last_sync_error_kind) == ("error", "auth")
+    # Meta's own "(#200) " prefix is not repeated.
     assert connection.last_sync_error == (
-        "Meta denied access to this ad account (#200): (#200) Requires ads_read permission — reconnect the account"
+        "Meta denied access to this ad account (#200): Requires ads_read permission — reconnect the account"
     )
 
 
@@ -429,8 +559,76 @@ def test_other_errors_show_metas_message(graph, meta):
     sync(connection)
 
     assert (connection.sync_status, connection.last_sync_error_kind) == ("error", "permanent")
-    assert (
-        connection.last_sync_error == "Meta rejected the request (#100): (#100) Tried accessing nonexisting field (foo)"
+    assert connection.last_sync_error == "Meta rejected the request (#100): Tried accessing nonexisting field (foo)"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"campaign_id": ""}, "no campaign_id"),
+        ({"date_start": "2026-11-27x"}, "date_start '2026-11-27x' is not a date"),
+        ({"spend": "12,50"}, "a number AdSync cannot read: '12,50'"),
+        ({"actions": [{"action_type": "omni_purchase", "value": "lots"}]}, "a number AdSync cannot read: 'lots'"),
+    ],
+    ids=["no-campaign-id", "bad-date", "bad-spend", "bad-conversions"],
+)
+def test_an_unexpected_insights_row_is_a_permanent_error(graph, meta, fields, problem):
+    graph.insights[ACCOUNT] = [insight("c1", "2026-11-28"), insight("c2", "2026-11-27", **fields)]
+    connection = restated(meta())
+
+    assert sync(connection) == "error"
+
+    assert (connection.last_sync_error_kind, connection.last_sync_error) == (
+        "permanent",
+        f"Meta sent an unexpected insights row ({problem})",
+    )
+    assert DailyMetric.objects.filter(connection=connection).count() == 0
+
+
+@pytest.mark.django_db
+def test_a_request_the_sdk_cannot_build_is_permanent(graph, meta, settings):
+    settings.META_API_VERSION = "26.0"  # past the settings check, which would refuse it at startup
+    connection = restated(meta())
+
+    assert sync(connection) == "error"
+
+    assert (connection.last_sync_error_kind, connection.last_sync_error) == (
+        "permanent",
+        "Meta request could not be built: Please provide the API version in the following format: v26.0",
+    )
+    assert graph.requests == []
+
+
+@pytest.mark.django_db
+def test_an_sdk_parameter_error_is_permanent_and_never_shows_the_token(graph, meta, monkeypatch):
+    def refuse(self, fields=None, params=None, **kwargs):
+        raise FacebookBadParameterError(
+            f"Bad value in {{'access_token': '{TOKEN}', 'level': 'x'}} ?access_token={TOKEN}"
+        )
+
+    monkeypatch.setattr(AdAccount, "get_insights", refuse)
+    connection = restated(meta())
+
+    assert sync(connection) == "error"
+
+    assert connection.last_sync_error_kind == "permanent"
+    assert connection.last_sync_error == (
+        "Meta request could not be built: Bad value in {'access_token': '[redacted]', 'level': 'x'} "
+        "?access_token=[redacted]"
+    )
+
+
+@pytest.mark.django_db
+def test_json_of_an_unexpected_shape_is_permanent(graph, meta):
+    graph.script(Answer(200, '{"data": "not a list of rows"}'))
+    connection = restated(meta())
+
+    assert sync(connection) == "error"
+
+    assert (connection.last_sync_error_kind, connection.last_sync_error) == (
+        "permanent",
+        "Meta sent a response AdSync cannot read: Bad data to set object data",
     )
 
 
@@ -440,7 +638,8 @@ def test_other_errors_show_metas_message(graph, meta):
     [
         html_502(),
         graph_error(2, "An unexpected error has occurred. Please retry your request later.", is_transient=True),
-        graph_error(1, "Please reduce the amount of data you're asking for, then retry your request", status=500),
+        # Meta's "unknown error" (code 1 without the "reduce the amount of data" subcode).
+        graph_error(1, "An unknown error occurred", status=500),
         # HTML where JSON belongs: the SDK raises FacebookBadObjectError, not FacebookRequestError.
         Answer(200, "<html><body>Sorry, something went wrong.</body></html>", content_type="text/html"),
     ],
@@ -477,6 +676,88 @@ def test_html_502_is_an_error_once_the_retries_run_out(graph, meta, settings):
     connection.refresh_from_db()
     assert (connection.sync_status, connection.last_sync_error_kind) == ("error", "transient")
     assert connection.last_sync_error == "Meta is temporarily unavailable (HTTP 502)."
+
+
+# --- numbers ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "exact"),
+    [
+        ("1234.56", "1234.560000"),
+        ("1.2345675", "1.234568"),  # half up, as PostgreSQL rounds numeric(20, 6)
+        ("0.0000005", "0.000001"),
+        ("-0.0000005", "-0.000001"),
+        (0.1, "0.100000"),  # the double's shortest form, not 0.1000000000000000055...
+        (1 / 3, "0.333333"),
+        (7, "7.000000"),
+    ],
+)
+def test_decimal_exact_gives_the_stored_six_places(value, exact):
+    assert str(decimal_exact(value)) == exact
+
+
+@pytest.mark.parametrize("value", ["12,50", "", "NaN", "Infinity", float("inf")])
+def test_decimal_exact_refuses_what_is_not_a_finite_number(value):
+    with pytest.raises(InvalidOperation):
+        decimal_exact(value)
+
+
+@pytest.mark.django_db
+def test_an_unchanged_resync_with_more_than_six_places_writes_nothing(graph, meta):
+    graph.insights[ACCOUNT] = [
+        insight(
+            "c1",
+            "2026-11-28",
+            spend="1.2345675",
+            actions=[{"action_type": "purchase", "value": "0.33333333"}],
+            action_values=[{"action_type": "purchase", "value": "10.0000004"}],
+        )
+    ]
+    connection = restated(meta())
+
+    sync(connection)
+    assert sync(connection, NOW + timedelta(seconds=30)) == "success"
+
+    metric = DailyMetric.objects.get(connection=connection)
+    assert (metric.spend, metric.conversions, metric.conversion_value) == (
+        Decimal("1.234568"),
+        Decimal("0.333333"),
+        Decimal("10.000000"),
+    )
+    runs = SyncRun.objects.filter(connection=connection).order_by("pk")
+    assert [(r.rows_fetched, r.rows_written) for r in runs] == [(1, 1), (1, 0)]
+    assert connection.total_syncs_with_changes == 1
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+
+def django_setup(code: str, **env: str) -> subprocess.CompletedProcess:
+    """Run `code` after django.setup() in a fresh interpreter, with these environment variables."""
+    environment = dict(os.environ, DJANGO_SETTINGS_MODULE="adsync.settings", **env)
+    script = f"import django; django.setup(); {code}"
+    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environment, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("version", ["v26", "26.0"])
+def test_a_malformed_meta_api_version_stops_the_app_at_startup(version):
+    out = django_setup("", META_API_VERSION=version)
+
+    assert out.returncode == 1
+    assert f"ImproperlyConfigured: META_API_VERSION={version!r} is not like v26.0" in out.stderr
+
+
+def test_token_redaction_is_declared_in_logging_settings():
+    code = (
+        "import logging;"
+        "names = lambda logger: [f'{type(f).__module__}.{type(f).__name__}'"
+        " for f in logging.getLogger(logger).filters];"
+        "print(names('urllib3.connectionpool')); print('adsync.redaction.RedactTokens' in names('httpx'))"
+    )
+    out = django_setup(code)
+
+    assert out.stdout.splitlines() == ["['adsync.redaction.RedactTokens']", "True"], out.stderr
 
 
 # --- no crash reporter, no token anywhere ------------------------------------------------------

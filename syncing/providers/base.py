@@ -10,12 +10,30 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from connections.models import Connection
     from syncing.budget import Budget, CallMeter
+
+# DailyMetric keeps 6 decimal places (syncing/models.py MONEY).
+STORED_PLACES = Decimal("0.000001")
+
+
+def decimal_exact(value: str | int | float | Decimal) -> Decimal:
+    """A number from a platform as the decimal it prints as, at the 6 places we store.
+
+    str() keeps a JSON number's or a double's shortest form, so 0.1 stays 0.1 (Decimal(0.1) would
+    be 0.1000000000000000055511151231257827...). Quantizing to the stored places, rounding half
+    up as PostgreSQL's numeric does, keeps change detection exact: an unrounded 1/3 would differ
+    from its stored rounding and count as a change on every sync. Raises InvalidOperation for
+    text that is not a number, and for infinities and NaN.
+    """
+    number = Decimal(str(value))
+    if not number.is_finite():
+        raise InvalidOperation(f"not a finite number: {value!r}")
+    return number.quantize(STORED_PLACES, rounding=ROUND_HALF_UP)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -5,12 +5,18 @@ never calls FacebookAdsApi.init(): that installs a sys.excepthook crash reporter
 the real graph.facebook.com. Every HTTP call the SDK makes (the first page and each further
 page) goes through _MeteredApi.call, which takes one call from the ad account's budget first.
 
+A window longer than CHUNK_DAYS (a restatement) is fetched in chunks, newest first: Meta
+refuses large requests for busy accounts with 1/1487534 ("Please reduce the amount of data
+you're asking for"), which no retry fixes. A chunk Meta still refuses is halved, down to a single
+day; a single day refused is a PermanentError with Meta's message.
+
 Meta reports days in the ad account's own time zone; the connection stores that zone, and the
 sync window (today and yesterday, or the lookback on a restatement) is computed in it.
 
 Errors become the provider errors of syncing.providers.base. Their messages are built from
 Meta's error message only: the SDK's own exceptions print the request, and requests' exceptions
-print the URL, whose query string carries the access token.
+print the URL, whose query string carries the access token. (settings.LOGGING redacts the URLs
+that urllib3 logs.)
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ import requests
 from django.conf import settings
 from facebook_business.adobjects.adaccount import AdAccount
 from facebook_business.api import FacebookAdsApi
-from facebook_business.exceptions import FacebookError, FacebookRequestError
+from facebook_business.exceptions import FacebookBadObjectError, FacebookError, FacebookRequestError
 from facebook_business.session import FacebookSession
 
+from adsync.redaction import redact
 from syncing.budget import Budget
 from syncing.providers.base import (
     AuthError,
@@ -38,6 +45,7 @@ from syncing.providers.base import (
     ProviderError,
     ThrottledError,
     TransientProviderError,
+    decimal_exact,
 )
 
 logger = logging.getLogger(__name__)
@@ -49,6 +57,9 @@ TIMEOUT = (10, 60)
 # Rows per page: Meta's default of 25 would turn an ordinary sync of a busy account into many
 # calls against a budget of 180 an hour.
 PAGE_SIZE = 500
+# Days per insights request. A restatement of 28 days is 5 requests: each is small enough for
+# Meta to answer for busy accounts, and an ordinary sync (2 days) stays one request.
+CHUNK_DAYS = 7
 INSIGHTS_FIELDS = [
     "campaign_id",
     "campaign_name",
@@ -70,29 +81,14 @@ EXPIRED_CODES = frozenset({102, 190})
 PERMISSION_CODES = frozenset({10, *range(200, 300)})
 # Meta's "unknown error" and "service temporarily unavailable", which it says to retry.
 RETRY_CODES = frozenset({1, 2})
+# "Please reduce the amount of data you're asking for, then retry your request": asking again
+# for the same range gets the same answer; a smaller range may succeed.
+TOO_MUCH_DATA = (1, 1487534)
 
 USAGE_HEADERS = ("x-business-use-case-usage", "x-ad-account-usage", "x-fb-ads-insights-throttle")
 _PERCENT_KEYS = ("call_count", "total_cputime", "total_time", "acc_id_util_pct", "app_id_util_pct")
-_TOKEN_IN_TEXT = re.compile(r"\b(access_token|appsecret_proof|client_secret|fb_exchange_token|code)=[^&\s\"']+")
-
-
-def redact(text: str) -> str:
-    """Blank out credentials that a URL in a log line or an exception message may carry."""
-    return _TOKEN_IN_TEXT.sub(r"\1=[redacted]", text)
-
-
-class RedactTokens(logging.Filter):
-    """urllib3 logs every request's URL at DEBUG, and the SDK sends the token in the query."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        return True
-
-
-logging.getLogger("urllib3.connectionpool").addFilter(RedactTokens())
+# Meta starts its messages with the code ("(#100) Tried accessing..."), which ours already show.
+_CODE_PREFIX = re.compile(r"^\s*\(#\d+\)\s*")
 
 
 def account_number(external_account_id: str) -> str:
@@ -114,12 +110,19 @@ class _MeteredApi(FacebookAdsApi):
         super().__init__(session, api_version=api_version)
         self._meter = meter
         self.response_headers: list[Mapping[str, str]] = []
+        # The last answer the SDK took for a success: (HTTP status, whether its body is a JSON
+        # object), or None before the first. Tells a garbled answer from a request the SDK
+        # could not build when it raises FacebookBadObjectError.
+        self.last_answer: tuple[int, bool] | None = None
 
     def call(self, *args, **kwargs):
         self._meter.spend()
+        self.last_answer = None
         response = super().call(*args, **kwargs)
         self.response_headers.append(response.headers())
         status = response.status() or 200
+        # FacebookResponse.json() returns the raw text when the body is not JSON.
+        self.last_answer = (status, isinstance(response.json(), dict))
         if status >= 500:
             # An HTML 502 from a proxy in front of Meta passes the SDK's success check (it is
             # not JSON and not "Service Unavailable") and would fail later as a bad object.
@@ -162,24 +165,26 @@ class MetaProvider:
         session = _session(token)
         api = _MeteredApi(session, api_version=settings.META_API_VERSION, meter=meter)
         account = AdAccount(f"act_{account_number(connection.external_account_id)}", api=api)
+        rows: list[MetricRow] = []
         error: ProviderError | None = None
+        pending = _chunks(since, until, CHUNK_DAYS)  # newest first
         try:
-            cursor = account.get_insights(
-                fields=INSIGHTS_FIELDS,
-                params={
-                    "level": "campaign",
-                    "time_increment": 1,
-                    "time_range": {"since": since.isoformat(), "until": until.isoformat()},
-                    "limit": PAGE_SIZE,
-                },
-            )
-            # Iterating loads each further page through _MeteredApi.call.
-            rows = [_row(item.export_all_data(), preferred, connection.currency) for item in cursor]
+            while pending:
+                start, end = pending.pop(0)
+                part = _insights(account, start, end, preferred, connection.currency)
+                if part is None:
+                    # Meta refused this much at once: the newer half, then the older one.
+                    middle = start + (end - start) // 2
+                    pending[:0] = [(middle + timedelta(days=1), end), (start, middle)]
+                else:
+                    rows.extend(part)
         except FacebookRequestError as exc:
             error = _request_error(exc, now)
+        except FacebookBadObjectError as exc:
+            error = _bad_object_error(exc, api.last_answer, token)
         except FacebookError as exc:
-            # FacebookBadObjectError and friends: a body the SDK could not read (an HTML error page).
-            error = TransientProviderError(f"Meta sent a response that could not be read ({type(exc).__name__}).")
+            # The SDK refused to build the request (a parameter, the API version): no retry helps.
+            error = PermanentError(f"Meta request could not be built: {_scrub(str(exc), token)}")
         except requests.RequestException as exc:
             error = TransientProviderError(f"Could not reach Meta ({type(exc).__name__}).")
         finally:
@@ -191,11 +196,61 @@ class MetaProvider:
         return FetchResult(rows=rows, slow_down_until=_slow_down_until(api.response_headers, now))
 
 
+def _chunks(since: date, until: date, days: int) -> list[tuple[date, date]]:
+    """since..until as consecutive ranges of at most `days` days, the newest first."""
+    chunks = []
+    end = until
+    while end >= since:
+        start = max(since, end - timedelta(days=days - 1))
+        chunks.append((start, end))
+        end = start - timedelta(days=1)
+    return chunks
+
+
+def _insights(account: AdAccount, since: date, until: date, preferred: list[str], currency: str) -> list | None:
+    """Every page of since..until, or None when Meta asks for less data and the range can be split."""
+    try:
+        cursor = account.get_insights(
+            fields=INSIGHTS_FIELDS,
+            params={
+                "level": "campaign",
+                "time_increment": 1,
+                "time_range": {"since": since.isoformat(), "until": until.isoformat()},
+                "limit": PAGE_SIZE,
+            },
+        )
+        # Iterating loads each further page through _MeteredApi.call.
+        return [_row(item.export_all_data(), preferred, currency) for item in cursor]
+    except FacebookRequestError as exc:
+        if (exc.api_error_code(), exc.api_error_subcode()) == TOO_MUCH_DATA and since < until:
+            return None
+        raise
+
+
+def _scrub(text: str, token: str) -> str:
+    return redact(text).replace(token, "[redacted]")[:300]
+
+
+def _bad_object_error(exc: FacebookBadObjectError, last_answer: tuple[int, bool] | None, token: str) -> ProviderError:
+    if last_answer is None:
+        # Raised before anything was sent (the SDK checks the API version, for one).
+        return PermanentError(f"Meta request could not be built: {_scrub(str(exc), token)}")
+    status, json_object = last_answer
+    if status >= 500 or not json_object:
+        # A body the SDK could not read (an HTML error page where JSON belongs): a hiccup.
+        return TransientProviderError(f"Meta sent a response that could not be read (HTTP {status}).")
+    # JSON of a shape the SDK does not expect: asking again gets the same.
+    return PermanentError(f"Meta sent a response AdSync cannot read: {_scrub(str(exc), token)}")
+
+
 def _request_error(exc: FacebookRequestError, now: datetime) -> ProviderError:
     code, subcode = exc.api_error_code(), exc.api_error_subcode()
     status = exc.http_status() or 0
     label = f"#{code}" if code is not None else f"HTTP {status}"
-    message = redact(exc.api_error_message() or "no message")
+    message = _CODE_PREFIX.sub("", redact(exc.api_error_message() or "")) or "no message"
+    if (code, subcode) == TOO_MUCH_DATA:
+        # Even a single day was too much (fetch splits larger ranges first).
+        return PermanentError(f"Meta cannot return even one day of insights for this ad account ({label}): {message}")
     if code in THROTTLE_CODES:
         until = now + _wait(_usage(exc.http_headers() or {}).regain)
         return ThrottledError(f"Meta is rate limiting this ad account ({label}): {message}", until=until)
@@ -270,14 +325,19 @@ def _wait(regain: timedelta) -> timedelta:
 # --- rows ---------------------------------------------------------------------------------------
 
 
+class _UnexpectedRow(ValueError):
+    pass
+
+
 def _decimal(value: object) -> Decimal:
     if value is None or value == "":
         return Decimal(0)
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise _UnexpectedRow(f"a number AdSync cannot read: {str(value)[:40]!r}")
     try:
-        # str() keeps a JSON number's shortest form, so 12.34 stays 12.34, not a binary float.
-        return Decimal(str(value))
+        return decimal_exact(value)
     except InvalidOperation:
-        raise PermanentError(f"Meta sent a number AdSync cannot read: {str(value)[:40]!r}") from None
+        raise _UnexpectedRow(f"a number AdSync cannot read: {str(value)[:40]!r}") from None
 
 
 def _by_type(actions: object) -> dict[str, object]:
@@ -286,14 +346,31 @@ def _by_type(actions: object) -> dict[str, object]:
 
 
 def _row(data: dict, preferred: list[str], fallback_currency: str) -> MetricRow:
+    try:
+        return _parse_row(data, preferred, fallback_currency)
+    except _UnexpectedRow as exc:
+        problem = str(exc)
+    # Raised outside the except block: nothing of the SDK's to chain, and the row holds no secret.
+    logger.warning("Unexpected insights row from Meta (%s): %.500r", problem, data)
+    raise PermanentError(f"Meta sent an unexpected insights row ({problem})")
+
+
+def _parse_row(data: dict, preferred: list[str], fallback_currency: str) -> MetricRow:
+    campaign_id = data.get("campaign_id")
+    if campaign_id in (None, ""):
+        raise _UnexpectedRow("no campaign_id")
+    try:
+        day = date.fromisoformat(data.get("date_start"))
+    except (TypeError, ValueError):
+        raise _UnexpectedRow(f"date_start {str(data.get('date_start'))[:40]!r} is not a date") from None
     actions = _by_type(data.get("actions"))
     values = _by_type(data.get("action_values"))
     # The first preferred type Meta reports for this row, for both the count and the value.
     chosen = next((t for t in preferred if t in actions or t in values), None)
     return MetricRow(
         level="campaign",
-        entity_id=str(data["campaign_id"]),
-        date=date.fromisoformat(data["date_start"]),
+        entity_id=str(campaign_id),
+        date=day,
         entity_name=str(data.get("campaign_name") or ""),
         spend=_decimal(data.get("spend")),
         impressions=int(_decimal(data.get("impressions"))),

@@ -10,8 +10,14 @@ registers the SDK's own message types, since the SDK ships no servicer classes:
   itself (level 0) and, for a manager, its client accounts (level 1).
 - CustomerService.ListAccessibleCustomers: `accessible`.
 
+A customer not added with add_account() gets PERMISSION_DENIED (USER_PERMISSION_DENIED), as
+Google answers for an account the user cannot reach.
+
 Every call must carry `authorization: Bearer <token>` with a token FakeOAuth issued (otherwise
-UNAUTHENTICATED with an OAUTH_TOKEN_INVALID GoogleAdsFailure, as Google answers). Tests queue
+UNAUTHENTICATED with an OAUTH_TOKEN_INVALID GoogleAdsFailure, as Google answers). A campaign
+query must also carry `developer-token: <developer_token>` (when that is set), and a
+`login-customer-id`, when it has one, must name the customer or a manager whose clients include
+it, as Google checks them. Tests queue
 failures with fail_next() (quota with a retry delay, an auth failure trailer, UNAVAILABLE,
 a failure after some batches) that are served before the real answers, and read every call,
 with its metadata, from `calls`.
@@ -218,6 +224,8 @@ class FakeGoogleAds:
             self.accessible: list[str] = []
             self.batch_size = 10_000
             self.failures: deque[Failure] = deque()
+            # What a call must send as developer-token; None: anything, or nothing.
+            self.developer_token: str | None = "fake-developer-token"
 
     def fail_next(self, *failures: Failure) -> None:
         with self.lock:
@@ -249,10 +257,22 @@ class FakeGoogleAds:
 
     def _search_stream(self, request, context):
         failure = self._record("SearchStream", request.customer_id, request.query, context)
+        if failure is None and request.customer_id not in self.accounts:
+            # Google answers a customer the user cannot reach (or that does not exist) so.
+            failure = ads_failure(
+                "authorization_error",
+                "USER_PERMISSION_DENIED",
+                "User doesn't have permission to access customer.",
+                status=grpc.StatusCode.PERMISSION_DENIED,
+                request_id="req-permission",
+            )
         if failure is not None and not failure.after_batches:
             failure.abort(context)
         source = (_FROM.search(request.query) or [None, ""])[1].lower()
         if source == "campaign":
+            refused = self._check_headers(request.customer_id, context)
+            if refused is not None:
+                refused.abort(context)
             results = self._campaign_rows(request.customer_id, request.query)
         elif source == "customer_client":
             results = self._customer_client_rows(request.customer_id)
@@ -266,6 +286,38 @@ class FakeGoogleAds:
             )
         if failure is not None:
             failure.abort(context)
+
+    def _check_headers(self, customer_id: str, context) -> Failure | None:
+        """The developer-token and login-customer-id checks Google makes, as Google answers them."""
+        metadata = dict(context.invocation_metadata())
+        if self.developer_token is not None and metadata.get("developer-token") != self.developer_token:
+            return ads_failure(
+                "authentication_error",
+                "DEVELOPER_TOKEN_INVALID",
+                "The developer token is not valid.",
+                status=grpc.StatusCode.UNAUTHENTICATED,
+                request_id="req-developer-token",
+            )
+        login = metadata.get("login-customer-id")
+        if login is None or login == customer_id:
+            return None
+        if not re.fullmatch(r"\d{10}", login):
+            return ads_failure(
+                "header_error",
+                "INVALID_LOGIN_CUSTOMER_ID",
+                "The login customer ID header is invalid.",
+                request_id="req-login-customer-id",
+            )
+        manager = self.accounts.get(login)
+        if manager is None or not manager.manager or customer_id not in manager.clients:
+            return ads_failure(
+                "authorization_error",
+                "INVALID_LOGIN_CUSTOMER_ID_SERVING_CUSTOMER_ID_COMBINATION",
+                "The login customer specified does not have access to the account specified.",
+                status=grpc.StatusCode.PERMISSION_DENIED,
+                request_id="req-login-customer-id",
+            )
+        return None
 
     def _campaign_rows(self, customer_id: str, query: str) -> list:
         since, until = (date.fromisoformat(d) for d in _BETWEEN.search(query).groups())
@@ -347,6 +399,8 @@ class FakeOAuth:
             self.codes: dict[str, tuple[str, str]] = {}  # code -> (refresh token, redirect uri)
             self.refreshes: list[str] = []
             self.exchanges: list[dict[str, str]] = []
+            # (status, raw body) answers the token endpoint serves before any real one.
+            self.token_answers: deque[tuple[int, str]] = deque()
             # What the next consent grants.
             self.next_refresh_token = "1//fake-refresh-token"
 
@@ -397,9 +451,24 @@ class FakeOAuth:
         query = urlencode({"code": code, "state": params.get("state", ""), "scope": params["scope"]})
         self._reply(handler, 302, headers={"Location": f"{params['redirect_uri']}?{query}"})
 
+    def answer_token_next(self, status: int, body: str) -> None:
+        """Serve this raw answer (anything, not only JSON objects) at the token endpoint once."""
+        with self.lock:
+            self.token_answers.append((status, body))
+
     def _token(self, handler) -> None:
         length = int(handler.headers.get("Content-Length", 0))
         form = dict(parse_qsl(handler.rfile.read(length).decode()))
+        with self.lock:
+            scripted = self.token_answers.popleft() if self.token_answers else None
+        if scripted is not None:
+            data = scripted[1].encode()
+            handler.send_response(scripted[0])
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+            return
         if (form.get("client_id"), form.get("client_secret")) != (self.client_id, self.client_secret):
             self._reply(handler, 401, {"error": "invalid_client", "error_description": "Unauthorized"})
             return

@@ -4,12 +4,18 @@ It serves what AdSync calls, the way Meta answers it:
 
 - GET /<version>/act_<id>/insights: campaign rows of the account filtered by `time_range`, in
   pages of `limit` (or `page_size`), with `paging.cursors.after` and `paging.next` while more
-  rows remain; the usage headers in `usage_headers` on every answer.
-- GET /<version>/oauth/access_token: the code exchange and the long-lived token exchange.
+  rows remain; the usage headers in `usage_headers` on every answer. A `time_range` longer than
+  `max_days` days is refused, every time, with 1/1487534 ("Please reduce the amount of data"),
+  as Meta refuses large requests for busy accounts.
+- GET /<version>/dialog/oauth: the OAuth dialog, which consents at once: it redirects to the
+  redirect_uri with `dialog_code` and the state, and remembers that redirect_uri for the code.
+- GET /<version>/oauth/access_token: the code exchange (each code works once, and only with the
+  dialog's redirect_uri, as Meta checks) and the long-lived token exchange.
 - GET /<version>/me/adaccounts: the token owner's ad accounts, paged the same way.
 
 Tokens are checked (a wrong one gets error 190, as Meta answers), and so is appsecret_proof
-when the SDK sends one. Tests queue answers with `script()` (a Graph error, an HTML 502) that are
+when the client sends one; with `require_proof` a call without one is refused, as for an app
+with "Require App Secret" on. Tests queue answers with `script()` (a Graph error, an HTML 502) that are
 served before the real ones, and read every request from `requests`.
 """
 
@@ -22,10 +28,12 @@ import hmac
 import json
 import threading
 from collections.abc import Iterator
+from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 VERSION = "v26.0"
+TOO_MUCH_DATA_MESSAGE = "Please reduce the amount of data you're asking for, then retry your request"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,14 +114,22 @@ class FakeGraph:
         self.insights: dict[str, list[dict]] = {}
         # Force a page size smaller than the `limit` the client asks for (paging tests).
         self.page_size: int | None = None
+        # The most days one insights request may span; None: any.
+        self.max_days: int | None = None
         self.usage_headers: dict[str, str] = {}
         # Tokens the API accepts; None accepts any.
         self.valid_tokens: set[str] | None = None
         self.app_id = "1234"
         self.app_secret = "app-secret"
-        # OAuth: code -> short-lived token; short-lived -> (long-lived, expires_in)
+        # OAuth: code -> short-lived token (spent when exchanged); short-lived -> (long-lived, expires_in)
         self.codes: dict[str, str] = {}
         self.long_lived: dict[str, tuple[str, int | None]] = {}
+        # The code the dialog hands out, and the redirect_uri each handed-out code was issued for.
+        self.dialog_code: str | None = None
+        self.code_redirects: dict[str, str] = {}
+        self.dialogs: list[Recorded] = []
+        # Refuse API calls (not the OAuth ones) that carry no appsecret_proof.
+        self.require_proof = False
         # token -> the ad accounts /me/adaccounts lists for it
         self.ad_accounts: dict[str, list[dict]] = {}
         self._scripted: list[Answer] = []
@@ -176,10 +192,16 @@ class FakeGraph:
         if length:
             params.update(parse_qsl(handler.rfile.read(length).decode(), keep_blank_values=True))
         recorded = Recorded(handler.command, parts.path, params, dict(handler.headers.items()))
-        with self._lock:
-            self.requests.append(recorded)
-            scripted = self._scripted.pop(0) if self._scripted else None
-        answer = scripted or self._answer(recorded)
+        if parts.path == f"/{VERSION}/dialog/oauth":
+            # The browser's visit to the dialog, not an API call: kept apart, never scripted.
+            with self._lock:
+                self.dialogs.append(recorded)
+            answer = self._dialog(params)
+        else:
+            with self._lock:
+                self.requests.append(recorded)
+                scripted = self._scripted.pop(0) if self._scripted else None
+            answer = scripted or self._answer(recorded)
         body = answer.body.encode()
         handler.send_response(answer.status)
         handler.send_header("Content-Type", answer.content_type)
@@ -209,6 +231,10 @@ class FakeGraph:
         if not token or (self.valid_tokens is not None and token not in self.valid_tokens):
             return graph_error(190, "Error validating access token: Session has expired.", subcode=463, status=400)
         proof = params.get("appsecret_proof")
+        if proof is None and self.require_proof:
+            return graph_error(
+                100, "API calls from the server require an appsecret_proof argument", error_type="GraphMethodException"
+            )
         if proof is not None:
             expected = hmac.new(self.app_secret.encode(), token.encode(), hashlib.sha256).hexdigest()
             if not hmac.compare_digest(proof, expected):
@@ -221,6 +247,9 @@ class FakeGraph:
         if params.get("level") != "campaign" or params.get("time_increment") != "1":
             return graph_error(100, "(#100) level and time_increment are required by this fake")
         window = json.loads(params["time_range"])
+        days = (date.fromisoformat(window["until"]) - date.fromisoformat(window["since"])).days + 1
+        if self.max_days is not None and days > self.max_days:
+            return graph_error(1, TOO_MUCH_DATA_MESSAGE, subcode=1487534, status=500, error_type="OAuthException")
         rows = [
             row for row in self.insights.get(account, []) if window["since"] <= row["date_start"] <= window["until"]
         ]
@@ -252,7 +281,24 @@ class FakeGraph:
             if expires_in is not None:
                 answer["expires_in"] = expires_in
             return Answer(200, json.dumps(answer))
-        short = self.codes.get(params.get("code", ""))
+        code = params.get("code", "")
+        with self._lock:
+            short = self.codes.pop(code, None)
+            issued_for = self.code_redirects.pop(code, None)
         if short is None or not params.get("redirect_uri"):
             return graph_error(100, "Invalid verification code format.", error_type="OAuthException")
+        if issued_for is not None and params["redirect_uri"] != issued_for:
+            return graph_error(
+                100,
+                "Error validating verification code. Please make sure your redirect_uri is identical to the one "
+                "you used in the OAuth dialog request",
+            )
         return Answer(200, json.dumps({"access_token": short, "token_type": "bearer", "expires_in": 5400}))
+
+    def _dialog(self, params: dict[str, str]) -> Answer:
+        if params.get("client_id") != self.app_id or not params.get("redirect_uri") or not self.dialog_code:
+            return Answer(400, "<html><body>Invalid App ID or redirect_uri</body></html>", content_type="text/html")
+        with self._lock:
+            self.code_redirects[self.dialog_code] = params["redirect_uri"]
+        query = urlencode({"code": self.dialog_code, "state": params.get("state", "")})
+        return Answer(302, "", {"Location": f"{params['redirect_uri']}?{query}"}, content_type="text/html")
