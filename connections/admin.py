@@ -15,7 +15,7 @@ from connections.models import (
     SyncTrigger,
     Workspace,
 )
-from connections.services import connections_set_frequency_all
+from connections.services import connection_credentials_replace, connections_set_frequency_all
 from connections.status import Freshness, connection_freshness, relative_time, stats_line
 from syncing import schedule
 from syncing.services import BrokerUnavailable, connection_enqueue_sync
@@ -118,16 +118,23 @@ class ConnectionAdmin(admin.ModelAdmin):
     ]
 
     def save_model(self, request, obj, form, change):
-        if token := form.cleaned_data.get("meta_access_token"):
-            # A pasted system-user token (they do not expire), encrypted by the field.
+        now = timezone.now()
+        # A pasted system-user token (they do not expire), encrypted by the field.
+        token = form.cleaned_data.get("meta_access_token")
+        if token and not change:
             obj.credentials = {"access_token": token}
             obj.credentials_expires_at = None
         if not change:
             # A connection added here is scheduled like any other (next_sync_at from its frequency).
             obj.next_sync_at = schedule.next_sync_after_change(
-                frequency=obj.sync_frequency, last_attempted_at=None, public_id=obj.public_id, now=timezone.now()
+                frequency=obj.sync_frequency, last_attempted_at=None, public_id=obj.public_id, now=now
             )
         super().save_model(request, obj, form, change)
+        if token and change:
+            # A reconnect, like the OAuth flows': one failing on expired access is scheduled again.
+            connection_credentials_replace(
+                connection=obj, credentials={"access_token": token}, expires_at=None, now=now
+            )
 
     def get_readonly_fields(self, request, obj=None):
         # The frequency is changed with the Settings page, the API or the actions, which

@@ -1,71 +1,50 @@
-"""Connect Google Ads accounts: Google's OAuth authorization-code flow, then a choice of accounts.
+"""Connect Google Ads accounts: Google's OAuth authorization-code flow and the account listing.
 
-start     -> Google's consent screen (scope adwords, offline access, a one-time `state`)
-callback  -> check `state`, exchange the code for tokens (httpx), list the client accounts the
-             user can reach (syncing.providers.google), keep them in the session with the
-             refresh token encrypted, and show the choice
-choose    -> the chosen accounts become connections in one of the user's workspaces (manual by
-             default), or, when already connected, get the new access (a reconnect)
-
-The refresh token is stored only inside Connection.credentials (encrypted at rest with
-ADSYNC_ENCRYPTION_KEYS) and, for the few minutes between callback and choice, Fernet-encrypted
-with the same keys in the session. It is never logged, shown or returned.
+The flow itself (state, pending choice, choose page, the write) is connections/connect.py; this
+module holds what is Google's: the consent screen URL (adwords scope, offline access), the code
+exchange for tokens (httpx), and listing the client accounts the user can reach through the
+google-ads SDK (syncing.providers.google). The refresh token is kept only in the connection's
+encrypted credentials (and, until the choice, encrypted in the session); it is never logged,
+shown or returned.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import secrets
 from datetime import datetime
 from urllib.parse import urlencode
 
 import httpx
 from django.conf import settings
-from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
-from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
-from django.urls import reverse
-from django.utils import timezone
-from django.utils.crypto import constant_time_compare
-from django.views.decorators.http import require_GET, require_http_methods
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from connections.fields import fernet
-from connections.models import Connection, Provider, SyncFrequency, Workspace
-from connections.services import connection_create
+from connections import connect
+from connections.connect import ConnectError, Flow, Offer, SignIn, json_object, zone_name
+from connections.models import Provider
+from connections.services import ConnectAccount
 from syncing.providers.base import ProviderError, ThrottledError
-from syncing.providers.google import (
-    ADWORDS_SCOPE,
-    GoogleCustomer,
-    customer_id_format,
-    google_customers_accessible,
-)
+from syncing.providers.google import ADWORDS_SCOPE, customer_id_format, google_customers_accessible
 
 logger = logging.getLogger(__name__)
 
-FLOW_KEY = "google_connect_flow"  # the state and redirect URI, from start to callback
-CHOICE_KEY = "google_connect_choice"  # the accounts and the encrypted refresh token, to choose
-CHOICE_SECONDS = 30 * 60
-
-
-class ConnectError(Exception):
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
-# --- Google's OAuth --------------------------------------------------------------------------------
+GOOGLE = Flow(
+    provider=Provider.GOOGLE,
+    label="Google Ads",
+    account_noun="Google Ads account",
+    login_noun="Google login",
+    url_prefix="google-connect",
+    redirect_uri_setting="GOOGLE_OAUTH_REDIRECT_URI",
+    not_configured="Connecting Google Ads accounts is not set up here (GOOGLE_CLIENT_ID and GOOGLE_CLIENT_SECRET).",
+)
+# Connection.name's length.
+NAME_MAX = 200
 
 
 def _configured() -> bool:
     return bool(settings.GOOGLE_CLIENT_ID and settings.GOOGLE_CLIENT_SECRET)
-
-
-def _redirect_uri(request: HttpRequest) -> str:
-    return settings.GOOGLE_OAUTH_REDIRECT_URI or request.build_absolute_uri(reverse("google-connect-callback"))
 
 
 def google_authorize_url(*, state: str, redirect_uri: str) -> str:
@@ -101,184 +80,84 @@ def google_code_exchange(*, code: str, redirect_uri: str) -> dict:
     except httpx.HTTPError as exc:
         logger.warning("Google token endpoint unreachable: %s", type(exc).__name__)
         raise ConnectError("Could not reach Google to finish signing in; please try again.", status=502) from None
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
+    body = json_object(response)
+    if response.status_code >= 500:
+        raise ConnectError(
+            f"Google's sign-in service is unavailable (HTTP {response.status_code}); please try again.", 502
+        )
     if response.status_code != 200:
+        body = body or {}
         reason = body.get("error_description") or body.get("error") or f"HTTP {response.status_code}"
-        raise ConnectError(f"Google did not accept the sign-in ({reason}). Please start again.")
-    if not body.get("access_token"):
+        raise ConnectError(f"Google did not accept the sign-in ({str(reason)[:200]}). Please start again.", 400)
+    if body is None:
+        raise ConnectError("Google sent an unreadable answer to the sign-in. Please start again.", status=502)
+    if not isinstance(body.get("access_token"), str) or not body["access_token"]:
         raise ConnectError("Google's answer had no access token. Please start again.", status=502)
-    if not body.get("refresh_token"):
-        raise ConnectError("Google did not grant offline access, which syncing needs. Please start again.")
+    if not isinstance(body.get("refresh_token"), str) or not body["refresh_token"]:
+        raise ConnectError("Google did not grant offline access, which syncing needs. Please start again.", 400)
     return body
 
 
-# --- writes ----------------------------------------------------------------------------------------
+def google_accounts(*, access_token: str, now: datetime) -> list[Offer]:
+    """The client accounts the user can reach, or ConnectError saying why not."""
+    try:
+        customers = google_customers_accessible(access_token=access_token, clock=lambda: now)
+    except ThrottledError as exc:
+        raise ConnectError(f"{exc.message} Please try again later.", status=503) from None
+    except ProviderError as exc:
+        raise ConnectError(f"Google Ads would not list your accounts: {exc.message}", status=502) from None
+    except ImproperlyConfigured as exc:  # GOOGLE_ADS_API_VERSION not in the installed google-ads
+        logger.error("Google Ads is misconfigured: %s", exc)
+        raise ConnectError(f"Google Ads is not set up correctly here ({exc}); tell an administrator.", 503) from None
+    except OSError as exc:  # GOOGLE_ADS_CA_BUNDLE missing or unreadable
+        logger.error("Google Ads is misconfigured: cannot read GOOGLE_ADS_CA_BUNDLE (%s)", type(exc).__name__)
+        raise ConnectError(
+            "Google Ads is not set up correctly here (GOOGLE_ADS_CA_BUNDLE cannot be read); tell an administrator.",
+            503,
+        ) from None
+    except Exception:
+        # google_error() passes on what it does not know; a person still gets a page, not a 500.
+        logger.exception("Listing Google Ads accounts failed unexpectedly")
+        raise ConnectError("Google Ads could not list your accounts (an unexpected error); try again.", 502) from None
+    offers = []
+    for customer in customers:
+        account = ConnectAccount(
+            external_account_id=customer.customer_id,
+            name=customer.name[:NAME_MAX],
+            currency=customer.currency[:3],
+            timezone_name=zone_name(customer.time_zone, source="Google Ads"),
+            credentials={"login_customer_id": customer.login_customer_id} if customer.login_customer_id else {},
+        )
+        hint = f"Customer {customer_id_format(customer.customer_id)} · {account.currency} · {account.timezone_name}"
+        if customer.login_customer_id:
+            hint += f" · through manager {customer_id_format(customer.login_customer_id)}"
+        offers.append(Offer(account=account, hint=hint))
+    return offers
 
 
-@dataclasses.dataclass(frozen=True)
-class ConnectResult:
-    created: list[Connection]
-    reconnected: list[Connection]
-
-
-def google_connections_connect(
-    *, workspace: Workspace, customers: list[GoogleCustomer], refresh_token: str, now: datetime | None = None
-) -> ConnectResult:
-    """Create a manual connection per new account; give already connected ones the new access."""
-    now = now or timezone.now()
-    created: list[Connection] = []
-    reconnected: list[Connection] = []
-    with transaction.atomic():
-        existing = {
-            c.external_account_id: c
-            for c in Connection.objects.select_for_update().filter(
-                workspace=workspace,
-                provider=Provider.GOOGLE,
-                external_account_id__in=[c.customer_id for c in customers],
-            )
-        }
-        for customer in customers:
-            credentials = {"refresh_token": refresh_token}
-            if customer.login_customer_id:
-                credentials["login_customer_id"] = customer.login_customer_id
-            connection = existing.get(customer.customer_id)
-            if connection is None:
-                created.append(
-                    connection_create(
-                        workspace=workspace,
-                        provider=Provider.GOOGLE,
-                        external_account_id=customer.customer_id,
-                        name=customer.name,
-                        currency=customer.currency,
-                        timezone_name=customer.time_zone,
-                        credentials=credentials,
-                        sync_frequency=SyncFrequency.MANUAL,
-                        now=now,
-                    )
-                )
-                continue
-            connection.credentials = credentials
-            connection.currency = customer.currency
-            connection.timezone = customer.time_zone
-            connection.save(update_fields=["credentials", "currency", "timezone"])
-            reconnected.append(connection)
-    return ConnectResult(created=created, reconnected=reconnected)
+def google_sign_in(*, code: str, redirect_uri: str, now: datetime) -> SignIn:
+    tokens = google_code_exchange(code=code, redirect_uri=redirect_uri)
+    offers = google_accounts(access_token=tokens["access_token"], now=now)
+    # Refresh tokens do not expire on a date; Google revokes them (then syncs ask to reconnect).
+    return SignIn(credentials={"refresh_token": tokens["refresh_token"]}, expires_at=None, offers=offers)
 
 
 # --- views -----------------------------------------------------------------------------------------
 
 
-def _error(request: HttpRequest, message: str, status: int = 400) -> HttpResponse:
-    return render(request, "connect/google_error.html", {"message": message}, status=status)
-
-
 @login_required
-@require_http_methods(["GET", "POST"])
+@require_POST
 def google_connect_start(request: HttpRequest) -> HttpResponse:
-    if not _configured():
-        return _error(request, "Google Ads is not configured in this installation (GOOGLE_CLIENT_ID).", status=503)
-    state = secrets.token_urlsafe(32)
-    redirect_uri = _redirect_uri(request)
-    request.session[FLOW_KEY] = {"state": state, "redirect_uri": redirect_uri}
-    return redirect(google_authorize_url(state=state, redirect_uri=redirect_uri))
+    return connect.start(request, GOOGLE, configured=_configured(), authorize_url=google_authorize_url)
 
 
 @login_required
 @require_GET
 def google_connect_callback(request: HttpRequest) -> HttpResponse:
-    # One use only: a replayed or forged callback finds no flow.
-    flow = request.session.pop(FLOW_KEY, None)
-    if flow is None or not constant_time_compare(request.GET.get("state", ""), flow["state"]):
-        return _error(
-            request,
-            "This sign-in link is not valid (it was already used, or it was started in another browser). "
-            "Start again from Settings.",
-        )
-    if request.GET.get("error"):
-        return _error(request, f"Google did not grant access ({request.GET['error']}). Nothing was connected.")
-    try:
-        tokens = google_code_exchange(code=request.GET.get("code", ""), redirect_uri=flow["redirect_uri"])
-        customers = google_customers_accessible(access_token=tokens["access_token"])
-    except ConnectError as exc:
-        return _error(request, exc.message, exc.status)
-    except ThrottledError as exc:
-        return _error(request, f"{exc.message} Please try again later.", status=503)
-    except ProviderError as exc:
-        return _error(request, f"Google Ads would not list your accounts: {exc.message}", status=502)
-    request.session[CHOICE_KEY] = {
-        "refresh_token": fernet().encrypt(tokens["refresh_token"].encode()).decode(),
-        "customers": [dataclasses.asdict(c) for c in customers],
-        "expires_at": timezone.now().timestamp() + CHOICE_SECONDS,
-    }
-    return redirect("google-connect-choose")
-
-
-def _pending_choice(request: HttpRequest) -> dict | None:
-    choice = request.session.get(CHOICE_KEY)
-    if choice is None or choice["expires_at"] < timezone.now().timestamp():
-        request.session.pop(CHOICE_KEY, None)
-        return None
-    return choice
+    return connect.callback(request, GOOGLE, sign_in=google_sign_in)
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 def google_connect_choose(request: HttpRequest) -> HttpResponse:
-    choice = _pending_choice(request)
-    if choice is None:
-        messages.error(request, "That Google sign-in has expired; connect the Google Ads account again.")
-        return redirect("settings")
-    customers = [GoogleCustomer(**c) for c in choice["customers"]]
-    workspaces = list(Workspace.objects.filter(memberships__user=request.user).order_by("name", "pk"))
-    if request.method == "POST":
-        workspace = next((w for w in workspaces if str(w.public_id) == request.POST.get("workspace")), None)
-        if workspace is None:
-            raise Http404("No workspace with that id")
-        chosen_ids = set(request.POST.getlist("customer"))
-        chosen = [c for c in customers if c.customer_id in chosen_ids]
-        if chosen:
-            refresh_token = fernet().decrypt(choice["refresh_token"].encode()).decode()
-            result = google_connections_connect(workspace=workspace, customers=chosen, refresh_token=refresh_token)
-            request.session.pop(CHOICE_KEY, None)
-            messages.success(request, _summary(result))
-            return redirect("settings")
-        messages.error(request, "Choose at least one account to connect.")
-    connected = set(
-        Connection.objects.filter(
-            workspace__in=workspaces,
-            provider=Provider.GOOGLE,
-            external_account_id__in=[c.customer_id for c in customers],
-        ).values_list("external_account_id", flat=True)
-    )
-    rows = [
-        {
-            "customer": c,
-            "formatted_id": customer_id_format(c.customer_id),
-            "manager": customer_id_format(c.login_customer_id) if c.login_customer_id else "",
-            "connected": c.customer_id in connected,
-        }
-        for c in customers
-    ]
-    return render(
-        request,
-        "connect/google_choose.html",
-        {"rows": rows, "workspaces": workspaces},
-        status=400 if request.method == "POST" else 200,
-    )
-
-
-def _summary(result: ConnectResult) -> str:
-    parts = []
-    if result.created:
-        names = ", ".join(c.name for c in result.created)
-        count = len(result.created)
-        parts.append(
-            f"Connected {count} Google Ads account(s): {names}. They sync manually until you pick a frequency."
-        )
-    if result.reconnected:
-        names = ", ".join(c.name for c in result.reconnected)
-        parts.append(f"Reconnected {names}; press Sync Now to resume.")
-    return " ".join(parts)
+    return connect.choose(request, GOOGLE)

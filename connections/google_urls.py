@@ -1,4 +1,7 @@
-"""The "Connect Google Ads account" flow, mounted at /connect/google/ by adsync/urls.py."""
+"""The "Connect Google Ads account" flow, mounted at /connect/google/ by adsync/urls.py.
+
+connections.status.RECONNECT_URLS names the start path: keep the two in step.
+"""
 
 from django.urls import path
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.db import models
 
-from connections.models import BUSY_STATUSES, SYNC_INTERVALS, Connection, SyncFrequency, SyncStatus
+from connections.models import AUTH_ERROR_KIND, BUSY_STATUSES, SYNC_INTERVALS, Connection, SyncFrequency, SyncStatus
 
 FREQUENCY_LABELS = {
     SyncFrequency.MANUAL: "Manual",
@@ -72,6 +72,15 @@ def relative_time(moment: datetime | None, now: datetime) -> str:
     return f"in {text}" if future else f"{text} ago"
 
 
+def access_expiry_text(expires_at: datetime | None, now: datetime) -> str:
+    """ "access expires in 5 days" / "access expired 2 h ago"; "" for access that does not expire."""
+    if expires_at is None:
+        return ""
+    if expires_at > now:
+        return f"access expires {relative_time(expires_at, now)}"
+    return f"access expired {relative_time(expires_at, now)}"
+
+
 def stats_line(attempts: int, changes: int) -> str:
     """The spec's "45 attempts | 12 changes (26.7%)"; "0 attempts" before the first sync."""
     if attempts == 0:
@@ -85,6 +94,8 @@ def next_sync_text(connection: Connection, now: datetime) -> str:
     if connection.sync_frequency == SyncFrequency.MANUAL:
         return "manual"
     if connection.next_sync_at is None:
+        if connection.sync_status == SyncStatus.ERROR and connection.last_sync_error_kind == AUTH_ERROR_KIND:
+            return "paused until reconnected"
         return "not scheduled"
     if connection.next_sync_at <= now:
         return "due now"
@@ -92,6 +103,10 @@ def next_sync_text(connection: Connection, now: datetime) -> str:
 
 
 PROVIDER_LABELS = {"meta": "Meta", "google": "Google", "demo": "Demo"}
+# Where "Reconnect" posts for a person whose access expired: the start of the provider's connect
+# flow (POST, as it writes the OAuth state to the session), which gives the existing connection
+# the new credentials. The paths of connections/meta_urls.py and google_urls.py.
+RECONNECT_URLS = {"meta": "/connect/meta/start", "google": "/connect/google/start"}
 STATUS_LABELS = {"idle": "Idle", "queued": "Queued", "syncing": "Syncing", "error": "Error"}
 
 
@@ -117,6 +132,9 @@ class ConnectionStatusView:
     next_sync: str
     error: str | None
     reconnect: bool
+    reconnect_url: str | None
+    # "access expires in 5 days" for access that runs out (Meta user tokens); "" otherwise.
+    access_expiry: str
     rate_limited_text: str | None
     freshness: str
     freshness_label: str
@@ -132,6 +150,7 @@ def _moment(moment: datetime | None, now: datetime) -> Moment:
 def connection_status_view(connection: Connection, now: datetime) -> ConnectionStatusView:
     """Everything the Settings page's status block says about one connection, as text."""
     freshness = connection_freshness(connection, now)
+    reconnect = connection.sync_status == SyncStatus.ERROR and connection.last_sync_error_kind == AUTH_ERROR_KIND
     rate_limited_text = None
     if connection.rate_limited_until is not None and connection.rate_limited_until > now:
         rate_limited_text = f"Rate limited — resumes {connection.rate_limited_until.astimezone(UTC):%H:%M} UTC"
@@ -146,7 +165,9 @@ def connection_status_view(connection: Connection, now: datetime) -> ConnectionS
         stats=stats_line(connection.total_syncs_attempted, connection.total_syncs_with_changes),
         next_sync=next_sync_text(connection, now),
         error=connection.last_sync_error if connection.sync_status == SyncStatus.ERROR else None,
-        reconnect=connection.sync_status == SyncStatus.ERROR and connection.last_sync_error_kind == "auth",
+        reconnect=reconnect,
+        reconnect_url=RECONNECT_URLS.get(connection.provider) if reconnect else None,
+        access_expiry=access_expiry_text(connection.credentials_expires_at, now),
         rate_limited_text=rate_limited_text,
         freshness=freshness,
         freshness_label=Freshness(freshness).label,

@@ -8,22 +8,29 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
+from django.contrib.messages import get_messages
 from django.contrib.sessions.models import Session
 from django.db import connection as db
+from django.test import Client
 from django.utils import timezone
 
+from connections import google_connect
 from connections.models import Connection, SyncFrequency, SyncStatus
-from connections.services import connection_create
+from connections.services import connection_create, workspace_create
 from syncing.budget import budget_used
 from syncing.models import SyncOutcome
 from syncing.providers.google import RECONNECT_MESSAGE, access_tokens, app_budget
 from syncing.runner import connection_sync_run
 from syncing.services import connection_enqueue_sync
 from tests.fakes.google_ads import Account, CampaignDay, google_fakes_running, resource_exhausted
+from tests.test_views import parse
 
 pytestmark = pytest.mark.django_db
 
 REFRESH_TOKEN = "1//fake-refresh-token"
+FLOW_KEY = "connect_google_flow"
+PENDING_KEY = "connect_google_pending"
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +63,7 @@ def signed_in(client, owner, workspace):
 
 def consent(client, google) -> httpx.Response:
     """Start in AdSync, then let the (fake) Google consent screen send the browser back."""
-    start = client.get("/connect/google/start")
+    start = client.post("/connect/google/start")
     assert start.status_code == 302
     return httpx.get(start["Location"], follow_redirects=False)
 
@@ -66,15 +73,44 @@ def back_from_google(client, google_answer: httpx.Response):
     return client.get(f"{url.path}?{url.query}")
 
 
-def test_settings_page_offers_to_connect_google(signed_in):
-    page = signed_in.get("/settings")
+def test_settings_page_offers_to_connect_google_as_a_post_form(signed_in):
+    form = parse(signed_in.get("/settings").content).one("form", action="/connect/google/start")
 
-    assert 'action="/connect/google/start"' in page.content.decode()
-    assert "Connect Google Ads account" in page.content.decode()
+    assert form.attrs["method"] == "post"
+    assert form.one("button").text() == "Connect Google Ads account"
+    assert form.find_all("input", name="csrfmiddlewaretoken") != []
+
+
+def test_start_get_is_405_and_starts_nothing(signed_in, google):
+    response = signed_in.get("/connect/google/start")
+
+    assert response.status_code == 405
+    assert FLOW_KEY not in signed_in.session
+
+
+def test_start_needs_the_csrf_token(owner, workspace, google):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(owner)
+
+    assert client.post("/connect/google/start").status_code == 403
+    form = parse(client.get("/settings").content).one("form", action="/connect/google/start")
+    token = form.one("input", name="csrfmiddlewaretoken").attrs["value"]
+    assert client.post("/connect/google/start", {"csrfmiddlewaretoken": token}).status_code == 302
+
+
+def test_start_explains_when_google_is_not_configured(signed_in, settings):
+    settings.GOOGLE_CLIENT_ID = ""
+
+    response = signed_in.post("/connect/google/start", follow=True)
+
+    assert response.redirect_chain == [("/settings", 302)]
+    assert "Connecting Google Ads accounts is not set up here (GOOGLE_CLIENT_ID and GOOGLE_CLIENT_SECRET)." in (
+        response.content.decode()
+    )
 
 
 def test_start_sends_the_browser_to_google_for_offline_adwords_access(signed_in, google):
-    response = signed_in.get("/connect/google/start")
+    response = signed_in.post("/connect/google/start")
 
     url = urlsplit(response["Location"])
     params = {key: values[0] for key, values in parse_qs(url.query).items()}
@@ -87,13 +123,34 @@ def test_start_sends_the_browser_to_google_for_offline_adwords_access(signed_in,
         "access_type": "offline",
         "prompt": "consent",
         "include_granted_scopes": "true",
-        "state": signed_in.session["google_connect_flow"]["state"],
+        "state": signed_in.session[FLOW_KEY]["state"],
     }
     assert len(params["state"]) >= 40
 
 
+def test_redirect_uri_comes_from_public_base_url(signed_in, google, settings):
+    settings.PUBLIC_BASE_URL = "https://adsync.example.com"
+    answer = consent(signed_in, google)
+    settings.PUBLIC_BASE_URL = ""
+
+    response = back_from_google(signed_in, answer)
+
+    assert (response.status_code, response["Location"]) == (302, "/connect/google/choose")
+    assert google.oauth.exchanges[0]["redirect_uri"] == "https://adsync.example.com/connect/google/callback"
+
+
+def test_redirect_uri_is_https_behind_a_tls_proxy(signed_in, google, settings):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+    response = signed_in.post("/connect/google/start", headers={"X-Forwarded-Proto": "https", "Host": "testserver"})
+
+    assert parse_qs(urlsplit(response["Location"]).query)["redirect_uri"] == [
+        "https://testserver/connect/google/callback"
+    ]
+
+
 def test_start_needs_a_signed_in_user(client, google):
-    response = client.get("/connect/google/start")
+    response = client.post("/connect/google/start")
 
     assert response.status_code == 302
     assert response["Location"].startswith("/login/")
@@ -133,7 +190,7 @@ def test_connect_end_to_end_creates_manual_connections_with_encrypted_access(sig
 
     done = signed_in.post(
         "/connect/google/choose",
-        {"workspace": str(workspace.public_id), "customer": ["1111111111", "3333333333"]},
+        {"workspace": str(workspace.public_id), "accounts": ["1111111111", "3333333333"]},
     )
 
     assert (done.status_code, done["Location"]) == (302, "/settings")
@@ -149,8 +206,12 @@ def test_connect_end_to_end_creates_manual_connections_with_encrypted_access(sig
         cursor.execute("SELECT credentials FROM connections")
         stored = [row[0] for row in cursor.fetchall()]
     assert all(REFRESH_TOKEN not in value and value.startswith("gAAAAA") for value in stored)
-    assert "google_connect_choice" not in signed_in.session
+    assert PENDING_KEY not in signed_in.session
     assert REFRESH_TOKEN not in caplog.text
+    assert [m.message for m in get_messages(done.wsgi_request)] == [
+        "Alice's Agency: connected 2 Google Ads accounts (Client US, Shop DE); they sync manually until you pick "
+        "a frequency."
+    ]
 
     # The new connection syncs through its manager with the stored refresh token.
     google.ads.campaigns = [CampaignDay("3333333333", 7, "Search", timezone.now().date(), 2_500_000)]
@@ -168,7 +229,7 @@ def test_a_bad_state_is_refused_and_nothing_is_created(signed_in, google):
     response = signed_in.get(url.path, forged)
 
     assert response.status_code == 400
-    assert "not valid" in response.content.decode()
+    assert "could not be verified" in response.content.decode()
     assert google.oauth.exchanges == []
     assert google.ads.calls == []
     assert Connection.objects.count() == 0
@@ -184,25 +245,59 @@ def test_a_callback_without_a_started_flow_is_refused(signed_in, google):
 
 
 def test_declined_consent_connects_nothing(signed_in, google):
-    signed_in.get("/connect/google/start")
-    state = signed_in.session["google_connect_flow"]["state"]
+    signed_in.post("/connect/google/start")
+    state = signed_in.session[FLOW_KEY]["state"]
 
-    response = signed_in.get("/connect/google/callback", {"error": "access_denied", "state": state})
+    response = signed_in.get("/connect/google/callback", {"error": "access_denied", "state": state}, follow=True)
 
-    assert response.status_code == 400
-    assert "did not grant access (access_denied)" in response.content.decode()
+    assert response.redirect_chain == [("/settings", 302)]
+    assert "Connecting a Google Ads account was cancelled; nothing was connected." in response.content.decode()
     assert Connection.objects.count() == 0
 
 
+def test_another_consent_error_is_shown(signed_in, google):
+    signed_in.post("/connect/google/start")
+    state = signed_in.session[FLOW_KEY]["state"]
+
+    response = signed_in.get("/connect/google/callback", {"error": "admin_policy_enforced", "state": state})
+
+    assert response.status_code == 400
+    assert "Google Ads did not grant access (admin_policy_enforced). Nothing was connected." in (
+        response.content.decode()
+    )
+
+
 def test_a_code_google_rejects_shows_googles_reason(signed_in, google):
-    signed_in.get("/connect/google/start")
-    state = signed_in.session["google_connect_flow"]["state"]
+    signed_in.post("/connect/google/start")
+    state = signed_in.session[FLOW_KEY]["state"]
 
     response = signed_in.get("/connect/google/callback", {"code": "4/not-issued", "state": state})
 
     assert response.status_code == 400
     assert "Malformed auth code." in response.content.decode()
-    assert "google_connect_choice" not in signed_in.session
+    assert PENDING_KEY not in signed_in.session
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected_status", "message"),
+    [
+        (200, '["not", "an", "object"]', 502, "Google sent an unreadable answer to the sign-in."),
+        (200, "null", 502, "Google sent an unreadable answer to the sign-in."),
+        (400, '"invalid_grant"', 400, "Google did not accept the sign-in (HTTP 400)."),
+        (502, "<html>Bad Gateway</html>", 502, "Google&#x27;s sign-in service is unavailable (HTTP 502)"),
+        (200, '{"access_token": "ya29.x", "refresh_token": 7}', 400, "Google did not grant offline access"),
+    ],
+)
+def test_a_token_answer_that_is_not_what_google_sends_is_a_clear_error(
+    signed_in, google, status, body, expected_status, message
+):
+    google.oauth.answer_token_next(status, body)
+
+    response = back_from_google(signed_in, consent(signed_in, google))
+
+    assert response.status_code == expected_status
+    assert message in response.content.decode()
+    assert PENDING_KEY not in signed_in.session
 
 
 def test_the_quota_running_out_while_listing_says_to_try_later(signed_in, google):
@@ -214,7 +309,9 @@ def test_the_quota_running_out_while_listing_says_to_try_later(signed_in, google
     assert "try again later" in response.content.decode()
 
 
-def test_reconnecting_gives_the_existing_connection_the_new_access(signed_in, google, workspace):
+def test_reconnecting_gives_the_existing_connection_the_new_access_and_clears_its_auth_error(
+    signed_in, google, workspace
+):
     old = connection_create(
         workspace=workspace,
         provider="google",
@@ -224,26 +321,60 @@ def test_reconnecting_gives_the_existing_connection_the_new_access(signed_in, go
         sync_frequency=SyncFrequency.HOURLY,
     )
     Connection.objects.filter(pk=old.pk).update(
-        sync_status=SyncStatus.ERROR, last_sync_error=RECONNECT_MESSAGE, last_sync_error_kind="auth"
+        sync_status=SyncStatus.ERROR, last_sync_error=RECONNECT_MESSAGE, last_sync_error_kind="auth", next_sync_at=None
     )
     back_from_google(signed_in, consent(signed_in, google))
-    assert "already connected" in signed_in.get("/connect/google/choose").content.decode()
+    assert "already connected in Alice&#x27;s Agency" in signed_in.get("/connect/google/choose").content.decode()
 
-    signed_in.post("/connect/google/choose", {"workspace": str(workspace.public_id), "customer": ["1111111111"]})
+    before = timezone.now()
+    done = signed_in.post("/connect/google/choose", {"workspace": str(workspace.public_id), "accounts": ["1111111111"]})
 
     [connection] = Connection.objects.filter(provider="google")
     assert connection.pk == old.pk
     assert connection.credentials == {"refresh_token": REFRESH_TOKEN}
     assert connection.sync_frequency == SyncFrequency.HOURLY
+    assert (connection.sync_status, connection.last_sync_error, connection.last_sync_error_kind) == (
+        SyncStatus.IDLE,
+        None,
+        "",
+    )
+    assert before <= connection.next_sync_at <= timezone.now()  # never attempted: due at once
+    assert [m.message for m in get_messages(done.wsgi_request)] == [
+        "Alice's Agency: reconnected 1 Google Ads account (Shop DE)."
+    ]
     job = connection_enqueue_sync(connection=connection, send=False)
     assert connection_sync_run(connection_id=connection.pk, job_id=job.job_id) == SyncOutcome.SUCCESS
+
+
+def test_an_account_connected_in_another_of_the_users_workspaces_is_refused(signed_in, google, owner, workspace):
+    second = workspace_create(name="Alice's Side Project", owner=owner)
+    existing = connection_create(
+        workspace=workspace,
+        provider="google",
+        external_account_id="1111111111",
+        name="Shop DE",
+        credentials={"refresh_token": "1//old"},
+    )
+    back_from_google(signed_in, consent(signed_in, google))
+
+    response = signed_in.post(
+        "/connect/google/choose", {"workspace": str(second.public_id), "accounts": ["1111111111", "3333333333"]}
+    )
+
+    assert response.status_code == 400
+    assert (
+        "Shop DE is already connected in Alice&#x27;s Agency. Choose that workspace to reconnect it there."
+        in response.content.decode()
+    )
+    assert list(Connection.objects.filter(provider="google")) == [existing]
+    assert Connection.objects.get(pk=existing.pk).credentials == {"refresh_token": "1//old"}
 
 
 def test_choosing_into_another_workspace_is_404(signed_in, google, other_workspace):
     back_from_google(signed_in, consent(signed_in, google))
 
     response = signed_in.post(
-        "/connect/google/choose", {"workspace": str(other_workspace.public_id), "customer": ["1111111111"]}
+        "/connect/google/choose", {"workspace": str(other_workspace.public_id), "accounts": ["1111111111"]}
     )
 
     assert response.status_code == 404
@@ -254,14 +385,108 @@ def test_only_the_listed_accounts_can_be_chosen(signed_in, google, workspace):
     back_from_google(signed_in, consent(signed_in, google))
 
     response = signed_in.post(
-        "/connect/google/choose", {"workspace": str(workspace.public_id), "customer": ["4444444444"]}
+        "/connect/google/choose", {"workspace": str(workspace.public_id), "accounts": ["4444444444"]}
     )
 
     assert response.status_code == 400
     assert Connection.objects.count() == 0
 
 
-def test_choose_without_a_sign_in_goes_back_to_settings(signed_in, google):
+def test_choose_without_a_sign_in_says_to_start_again(signed_in, google):
     response = signed_in.get("/connect/google/choose")
 
-    assert (response.status_code, response["Location"]) == (302, "/settings")
+    assert response.status_code == 400
+    assert "There is no Google Ads sign-in waiting for a choice" in response.content.decode()
+
+
+def test_a_pending_choice_sealed_with_a_rotated_away_key_starts_again(signed_in, google, settings, workspace):
+    back_from_google(signed_in, consent(signed_in, google))
+    settings.ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+
+    response = signed_in.post("/connect/google/choose", {"workspace": str(workspace.public_id), "accounts": ["1"]})
+
+    assert response.status_code == 400
+    assert "start again" in response.content.decode()
+    assert PENDING_KEY not in signed_in.session
+    assert Connection.objects.count() == 0
+
+
+# --- what Google sends, and what breaks, while listing ---------------------------------------------
+
+
+def test_an_accessible_customer_the_user_cannot_read_is_left_out(signed_in, google):
+    google.ads.accessible = ["1111111111", "9999999999"]  # 9999999999 answers PERMISSION_DENIED
+
+    back_from_google(signed_in, consent(signed_in, google))
+    html = signed_in.get("/connect/google/choose").content.decode()
+
+    assert "Shop DE" in html
+    assert "999-999-9999" not in html
+    assert [(c.method, c.customer_id) for c in google.ads.calls[1:]] == [
+        ("SearchStream", "1111111111"),
+        ("SearchStream", "9999999999"),
+    ]
+
+
+def test_unknown_time_zones_and_long_names_are_made_safe(signed_in, google, workspace, caplog):
+    long_name = "Ads " * 80
+    google.ads.add_account(Account("5555555555", long_name, time_zone="Mars/Olympus"))
+    google.ads.accessible = ["5555555555"]
+    back_from_google(signed_in, consent(signed_in, google))
+
+    signed_in.post("/connect/google/choose", {"workspace": str(workspace.public_id), "accounts": ["5555555555"]})
+
+    connection = Connection.objects.get(provider="google")
+    assert (connection.name, connection.timezone) == (long_name[:200], "UTC")
+    # (Logged where it is first seen: the account listing or the connect flow.)
+    assert "time zone 'Mars/Olympus'; using UTC" in caplog.text
+
+
+def test_a_missing_ca_bundle_is_a_clear_503(signed_in, google, settings, tmp_path):
+    settings.GOOGLE_ADS_CA_BUNDLE = str(tmp_path / "missing.pem")
+
+    response = back_from_google(signed_in, consent(signed_in, google))
+
+    assert response.status_code == 503
+    assert "GOOGLE_ADS_CA_BUNDLE cannot be read" in response.content.decode()
+
+
+def test_an_api_version_the_sdk_does_not_have_is_a_clear_503(signed_in, google, settings):
+    settings.GOOGLE_ADS_API_VERSION = "v1"
+
+    response = back_from_google(signed_in, consent(signed_in, google))
+
+    assert response.status_code == 503
+    assert "GOOGLE_ADS_API_VERSION=&#x27;v1&#x27; is not in the installed google-ads" in response.content.decode()
+
+
+def test_an_unexpected_error_while_listing_is_a_clear_502(signed_in, google, monkeypatch, caplog):
+    def broken(**kwargs):
+        raise RuntimeError("something the provider module did not expect")
+
+    monkeypatch.setattr(google_connect, "google_customers_accessible", broken)
+
+    response = back_from_google(signed_in, consent(signed_in, google))
+
+    assert response.status_code == 502
+    assert "Google Ads could not list your accounts (an unexpected error); try again." in response.content.decode()
+    assert "something the provider module did not expect" in caplog.text  # for the operator, with its traceback
+
+
+def test_the_fake_answers_an_unknown_customer_with_permission_denied(google):
+    from google.ads.googleads.errors import GoogleAdsException
+
+    from syncing.providers.google import google_ads_sdk
+
+    token = google.oauth.issue_access_token()
+    with pytest.raises(GoogleAdsException) as caught:
+        list(
+            google_ads_sdk().google_ads.search_stream(
+                customer_id="9999999999",
+                query="SELECT customer_client.id FROM customer_client",
+                metadata=[("authorization", f"Bearer {token}")],
+            )
+        )
+
+    assert caught.value.error.code().name == "PERMISSION_DENIED"
+    assert caught.value.failure.errors[0].error_code.authorization_error.name == "USER_PERMISSION_DENIED"

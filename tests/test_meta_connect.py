@@ -1,29 +1,49 @@
-"""Connecting Meta ad accounts: OAuth against a fake Graph API on 127.0.0.1, and the admin's token paste."""
+"""Connecting Meta ad accounts: OAuth against a fake Graph API (and its dialog) on 127.0.0.1, the
+shared connect flow, and the admin's token paste."""
 
+import hashlib
+import hmac
 import logging
+import os
+import subprocess
+import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 import time_machine
 from django.contrib.auth import get_user_model
+from django.db import connections as db_connections
 from django.test import Client
+from django.urls import reverse
 
-from connections.meta_connect import PENDING_KEY, access_expiry_text
-from connections.models import Connection, SyncFrequency
-from connections.services import workspace_add_member, workspace_create
+from connections import meta_connect, services
+from connections.models import Connection, SyncFrequency, SyncStatus
+from connections.services import (
+    ConnectAccount,
+    connection_create,
+    connections_connect_accounts,
+    workspace_add_member,
+    workspace_create,
+)
+from connections.status import RECONNECT_URLS, access_expiry_text
 from syncing.models import DailyMetric
 from syncing.providers.meta import RECONNECT_MESSAGE
 from syncing.runner import connection_sync_run
 from syncing.services import connection_enqueue_sync
-from tests.fakes.graph import FakeGraph, insight
+from tests.fakes.graph import VERSION, Answer, FakeGraph, insight
+from tests.test_views import parse
 
 CODE = "AQDcode-from-the-dialog"
 SHORT = "EAAshort-lived-token"
 LONG = "EAAlong-lived-token-sixty-days"
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 SIXTY_DAYS = 60 * 86400
+FLOW_KEY = "connect_meta_flow"
+PENDING_KEY = "connect_meta_pending"
 ACCOUNTS = [
     {
         "id": "act_111",
@@ -31,9 +51,26 @@ ACCOUNTS = [
         "name": "Shop US",
         "currency": "USD",
         "timezone_name": "America/Chicago",
+        "account_status": 1,
     },
-    {"id": "act_222", "account_id": "222", "name": "Shop DE", "currency": "EUR", "timezone_name": "Europe/Berlin"},
-    {"id": "act_333", "account_id": "333", "name": "Agency Test", "currency": "GBP", "timezone_name": "Europe/London"},
+    {
+        "id": "act_222",
+        "account_id": "222",
+        "name": "Shop DE",
+        "currency": "EUR",
+        "timezone_name": "Europe/Berlin",
+        "account_status": 1,
+    },
+    {
+        "id": "act_333",
+        "account_id": "333",
+        "name": "Agency Test",
+        "currency": "GBP",
+        "timezone_name": "Europe/London",
+        "account_status": 1,
+    },
+    {"id": "act_444", "account_id": "444", "name": "Old shop", "currency": "USD", "account_status": 101},
+    {"id": "act_555", "account_id": "555", "name": "Banned shop", "currency": "USD", "account_status": 2},
 ]
 
 
@@ -41,15 +78,18 @@ ACCOUNTS = [
 def graph(settings):
     fake = FakeGraph()
     fake.codes = {CODE: SHORT}
+    fake.dialog_code = CODE
     fake.long_lived = {SHORT: (LONG, SIXTY_DAYS)}
     fake.valid_tokens = {LONG}
     fake.ad_accounts = {LONG: ACCOUNTS}
-    fake.page_size = 2  # /me/adaccounts comes in two pages
+    fake.page_size = 2  # /me/adaccounts comes in three pages
+    # The app has "Require App Secret" on: every API call must carry appsecret_proof.
+    fake.require_proof = True
     with fake.running():
         settings.META_GRAPH_URL = fake.url
         settings.META_APP_ID = fake.app_id
         settings.META_APP_SECRET = fake.app_secret
-        settings.META_OAUTH_DIALOG_URL = "https://www.facebook.com"
+        settings.META_OAUTH_DIALOG_URL = fake.url
         yield fake
 
 
@@ -67,54 +107,209 @@ def frozen():
 
 
 def start(client: Client) -> str:
-    response = client.get("/connect/meta/")
+    """Press "Connect Meta account": the dialog's URL."""
+    response = client.post("/connect/meta/start")
     assert response.status_code == 302
-    return parse_qs(urlsplit(response["Location"]).query)["state"][0]
+    return response["Location"]
+
+
+def consent(client: Client) -> str:
+    """Start, and let the (fake) dialog consent: the callback URL it sends the browser to."""
+    answer = httpx.get(start(client), follow_redirects=False)
+    assert answer.status_code == 302, answer.text
+    url = urlsplit(answer.headers["Location"])
+    return f"{url.path}?{url.query}"
+
+
+def state_of(url: str) -> str:
+    return parse_qs(urlsplit(url).query)["state"][0]
 
 
 def callback(client: Client, **params):
     return client.get("/connect/meta/callback", params)
 
 
-def connect(client: Client, accounts: list[str], **extra) -> None:
-    state = start(client)
-    assert callback(client, code=CODE, state=state)["Location"] == "/connect/meta/choose"
+def connect(client: Client, accounts: list[str], **extra):
+    assert client.get(consent(client))["Location"] == "/connect/meta/choose"
     response = client.post("/connect/meta/choose", {"accounts": accounts, **extra})
     assert response.status_code == 302, response.content.decode()
+    return response
 
 
 def meta_connections():
     return Connection.objects.filter(provider="meta").order_by("external_account_id")
 
 
-# --- the OAuth flow -----------------------------------------------------------------------------
+def messages_on_settings(client: Client) -> list[str]:
+    return [li.text() for li in parse(client.get("/settings").content).find_all("li", class_="message")]
+
+
+def proof(token: str) -> str:
+    return hmac.new(b"app-secret", token.encode(), hashlib.sha256).hexdigest()
+
+
+def in_auth_error(connection: Connection) -> None:
+    """As syncing.services.sync_fail leaves a connection whose access expired: unscheduled."""
+    Connection.objects.filter(pk=connection.pk).update(
+        sync_status=SyncStatus.ERROR, last_sync_error=RECONNECT_MESSAGE, last_sync_error_kind="auth", next_sync_at=None
+    )
+
+
+# --- start ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.django_db
 def test_start_sends_the_browser_to_metas_dialog_with_a_fresh_state(browser, graph):
-    response = browser.get("/connect/meta/")
+    location = urlsplit(start(browser))
 
-    assert response.status_code == 302
-    location = urlsplit(response["Location"])
-    assert (location.scheme, location.netloc, location.path) == ("https", "www.facebook.com", "/v26.0/dialog/oauth")
+    assert f"{location.scheme}://{location.netloc}{location.path}" == f"{graph.url}/v26.0/dialog/oauth"
     query = {key: values[0] for key, values in parse_qs(location.query).items()}
     assert query == {
         "client_id": "1234",
         "redirect_uri": "http://testserver/connect/meta/callback",
-        "state": browser.session["meta_connect_state"],
+        "state": browser.session[FLOW_KEY]["state"],
         "scope": "ads_read",
     }
+    assert browser.session[FLOW_KEY]["redirect_uri"] == "http://testserver/connect/meta/callback"
     assert len(query["state"]) >= 40
     assert graph.requests == []
 
 
 @pytest.mark.django_db
-def test_connect_end_to_end_creates_manual_connections_with_the_long_lived_token(browser, graph, workspace):
-    state = start(browser)
+def test_start_get_is_405_and_starts_nothing(browser, graph):
+    response = browser.get("/connect/meta/start")
 
-    response = callback(browser, code=CODE, state=state)
+    assert response.status_code == 405
+    assert FLOW_KEY not in browser.session
+
+
+@pytest.mark.django_db
+def test_start_needs_the_csrf_token_of_the_settings_page(owner, workspace, graph):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(owner)
+
+    assert client.post("/connect/meta/start").status_code == 403
+    form = parse(client.get("/settings").content).one("form", action="/connect/meta/start")
+    token = form.one("input", name="csrfmiddlewaretoken").attrs["value"]
+    response = client.post("/connect/meta/start", {"csrfmiddlewaretoken": token})
+
+    assert (form.attrs["method"], response.status_code) == ("post", 302)
+
+
+@pytest.mark.django_db
+def test_connect_needs_a_signed_in_user(graph):
+    response = Client().post("/connect/meta/start")
+
+    assert (response.status_code, response["Location"]) == (302, "/login/?next=/connect/meta/start")
+
+
+@pytest.mark.django_db
+def test_connect_explains_when_no_meta_app_is_configured(browser, settings):
+    settings.META_APP_ID = ""
+
+    response = browser.post("/connect/meta/start", follow=True)
+
+    assert response.redirect_chain == [("/settings", 302)]
+    assert "META_APP_ID" in response.content.decode()
+    assert FLOW_KEY not in browser.session
+
+
+@pytest.mark.django_db
+def test_start_without_a_workspace_is_refused(outsider, graph):
+    client = Client()
+    client.force_login(outsider)
+
+    response = client.post("/connect/meta/start")
+
+    assert response.status_code == 403
+    assert "not a member of any workspace" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_settings_page_offers_connect_meta_as_a_post_form(browser):
+    form = parse(browser.get("/settings").content).one("form", action="/connect/meta/start")
+
+    assert form.attrs["method"] == "post"
+    assert form.one("button").text() == "Connect Meta account"
+    assert form.find_all("input", name="csrfmiddlewaretoken") != []
+
+
+# --- the redirect URI behind a proxy ---------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_redirect_uri_is_https_behind_a_tls_proxy(browser, graph, settings):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+    response = browser.post("/connect/meta/start", headers={"X-Forwarded-Proto": "https", "Host": "testserver"})
+
+    redirect_uri = parse_qs(urlsplit(response["Location"]).query)["redirect_uri"][0]
+    assert redirect_uri == "https://testserver/connect/meta/callback"
+
+
+@pytest.mark.django_db
+def test_redirect_uri_comes_from_public_base_url_and_the_callback_reuses_it(browser, graph, settings):
+    settings.PUBLIC_BASE_URL = "https://adsync.example.com"
+    back = consent(browser)
+    assert graph.dialogs[0].params["redirect_uri"] == "https://adsync.example.com/connect/meta/callback"
+    # Whatever the settings say by the time the browser comes back, the exchange sends the
+    # redirect URI the dialog saw (Meta refuses any other).
+    settings.PUBLIC_BASE_URL = ""
+
+    response = browser.get(back)
 
     assert (response.status_code, response["Location"]) == (302, "/connect/meta/choose")
+    [exchange, _] = graph.oauth_requests()
+    assert exchange.params["redirect_uri"] == "https://adsync.example.com/connect/meta/callback"
+
+
+@pytest.mark.django_db
+def test_meta_oauth_redirect_uri_overrides_the_rest(browser, graph, settings):
+    settings.PUBLIC_BASE_URL = "https://adsync.example.com"
+    settings.META_OAUTH_REDIRECT_URI = "https://meta.adsync.example.com/connect/meta/callback"
+
+    location = start(browser)
+
+    assert parse_qs(urlsplit(location).query)["redirect_uri"] == [settings.META_OAUTH_REDIRECT_URI]
+
+
+def _settings_in_a_new_process(**env: str) -> subprocess.CompletedProcess:
+    code = (
+        "import django; django.setup(); from django.conf import settings; "
+        "print(getattr(settings, 'SECURE_PROXY_SSL_HEADER', None), repr(settings.PUBLIC_BASE_URL))"
+    )
+    environment = {k: v for k, v in os.environ.items() if k not in ("SECURE_PROXY_SSL_HEADER", "PUBLIC_BASE_URL")}
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**environment, "DJANGO_SETTINGS_MODULE": "adsync.settings", **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_settings_read_the_proxy_header_and_public_base_url_from_the_environment():
+    unset = _settings_in_a_new_process()
+    set_ = _settings_in_a_new_process(
+        SECURE_PROXY_SSL_HEADER="HTTP_X_FORWARDED_PROTO,https", PUBLIC_BASE_URL="https://adsync.example.com/"
+    )
+    bad = _settings_in_a_new_process(SECURE_PROXY_SSL_HEADER="https")
+
+    assert unset.stdout.strip() == "None ''"
+    assert set_.stdout.strip() == "('HTTP_X_FORWARDED_PROTO', 'https') 'https://adsync.example.com'"
+    assert bad.returncode != 0
+    assert "SECURE_PROXY_SSL_HEADER='https' is not like HTTP_X_FORWARDED_PROTO,https" in bad.stderr
+
+
+# --- the OAuth flow -----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_connect_end_to_end_creates_manual_connections_with_the_long_lived_token(browser, graph, workspace):
+    response = browser.get(consent(browser))
+
+    assert (response.status_code, response["Location"]) == (302, "/connect/meta/choose")
+    assert FLOW_KEY not in browser.session
     exchange, long_lived = graph.oauth_requests()
     assert exchange.params == {
         "client_id": "1234",
@@ -129,13 +324,17 @@ def test_connect_end_to_end_creates_manual_connections_with_the_long_lived_token
         "fb_exchange_token": SHORT,
     }
     listings = [r for r in graph.requests if r.path == "/v26.0/me/adaccounts"]
-    assert [r.params.get("after") for r in listings] == [None, "2"]
-    assert listings[0].params["fields"] == "id,account_id,name,currency,timezone_name"
+    assert [r.params.get("after") for r in listings] == [None, "2", "4"]
+    assert listings[0].params["fields"] == "id,account_id,name,currency,timezone_name,account_status"
+    assert {r.params["appsecret_proof"] for r in listings} == {proof(LONG)}
 
     page = browser.get("/connect/meta/choose")
     html = page.content.decode()
     assert page.status_code == 200
     assert all(name in html for name in ["Shop US", "Shop DE", "Agency Test", "America/Chicago"])
+    assert "Old shop" not in html
+    assert "Banned shop" not in html
+    assert "2 ad accounts that Meta reports as disabled or closed are not listed." in html
     assert "access expires in 60 days" in html
     assert LONG not in html
     assert SHORT not in html
@@ -157,7 +356,10 @@ def test_connect_end_to_end_creates_manual_connections_with_the_long_lived_token
     assert PENDING_KEY not in browser.session
 
     settings_page = browser.get("/settings").content.decode()
-    assert "connected 2 Meta ad accounts" in settings_page
+    assert (
+        "Alice&#x27;s Agency: connected 2 Meta ad accounts (Shop DE, Shop US); they sync manually until you pick "
+        "a frequency." in settings_page
+    )
     assert settings_page.count("access expires in 60 days") == 2
     assert LONG not in settings_page
 
@@ -171,8 +373,18 @@ def test_connect_end_to_end_creates_manual_connections_with_the_long_lived_token
 
 
 @pytest.mark.django_db
+def test_connecting_one_account_says_so_in_the_singular(browser, graph):
+    connect(browser, ["333"])
+
+    assert messages_on_settings(browser) == [
+        "Alice's Agency: connected 1 Meta ad account (Agency Test); it syncs manually until you pick a frequency."
+    ]
+
+
+@pytest.mark.django_db
 def test_bad_state_is_rejected_and_nothing_is_connected(browser, graph):
-    state = start(browser)
+    back = consent(browser)
+    state = state_of(back)
 
     response = callback(browser, code=CODE, state="forged-" + state)
 
@@ -180,7 +392,7 @@ def test_bad_state_is_rejected_and_nothing_is_connected(browser, graph):
     assert "state does not match" in response.content.decode()
     assert graph.requests == []
     # The state was spent: replaying the real one afterwards fails too.
-    assert callback(browser, code=CODE, state=state).status_code == 400
+    assert browser.get(back).status_code == 400
     assert graph.requests == []
     assert not meta_connections().exists()
 
@@ -194,19 +406,40 @@ def test_callback_without_a_started_flow_is_rejected(browser, graph):
 
 
 @pytest.mark.django_db
+def test_a_callback_works_once(browser, graph):
+    back = consent(browser)
+    assert browser.get(back).status_code == 302
+
+    replay = browser.get(back)
+
+    assert replay.status_code == 400
+    assert len(graph.oauth_requests()) == 2  # the first callback's two exchanges, no more
+
+
+@pytest.mark.django_db
 def test_cancelled_dialog_connects_nothing(browser, graph):
-    state = start(browser)
+    state = state_of(start(browser))
 
     response = callback(browser, error="access_denied", error_reason="user_denied", state=state)
 
     assert (response.status_code, response["Location"]) == (302, "/settings")
-    assert "cancelled" in browser.get("/settings").content.decode()
+    assert messages_on_settings(browser) == ["Connecting a Meta ad account was cancelled; nothing was connected."]
     assert graph.requests == []
 
 
 @pytest.mark.django_db
+def test_a_dialog_error_other_than_cancelling_is_shown(browser, graph):
+    state = state_of(start(browser))
+
+    response = callback(browser, error="server_error", state=state)
+
+    assert response.status_code == 400
+    assert "Meta did not grant access (server_error). Nothing was connected." in response.content.decode()
+
+
+@pytest.mark.django_db
 def test_a_refused_code_shows_metas_message_and_no_secret(browser, graph):
-    state = start(browser)
+    state = state_of(start(browser))
 
     response = callback(browser, code="AQDstale-code", state=state)
 
@@ -219,6 +452,108 @@ def test_a_refused_code_shows_metas_message_and_no_secret(browser, graph):
 
 
 @pytest.mark.django_db
+def test_an_answer_that_is_not_a_json_object_is_a_clear_error(browser, graph):
+    graph.script(Answer(200, "[1, 2, 3]"))
+
+    response = browser.get(consent(browser))
+
+    assert response.status_code == 502
+    assert "Meta sent an unreadable answer (HTTP 200); try again." in response.content.decode()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("expires_in", ["soon", "", -5, 0])
+def test_an_unreadable_expires_in_connects_with_an_unknown_expiry(browser, graph, caplog, expires_in):
+    graph.long_lived = {SHORT: (LONG, expires_in)}
+
+    connect(browser, ["111"])
+
+    assert meta_connections().get().credentials_expires_at is None
+    if expires_in != "":
+        assert f"Meta sent an unreadable expires_in {expires_in!r}" in caplog.text
+
+
+@pytest.mark.django_db
+def test_unknown_time_zones_become_utc_with_a_warning(browser, graph, caplog):
+    zones = ["America", "Mars/Olympus", "../../etc/passwd", None]
+    graph.ad_accounts = {
+        LONG: [
+            {"account_id": str(900 + i), "name": f"Zone {i}", "timezone_name": zone, "account_status": 1}
+            for i, zone in enumerate(zones)
+        ]
+    }
+
+    connect(browser, ["900", "901", "902", "903"])
+
+    assert [c.timezone for c in meta_connections()] == ["UTC", "UTC", "UTC", "UTC"]
+    for zone in ["America", "Mars/Olympus", "../../etc/passwd"]:
+        assert f"Meta reported an unknown time zone {zone!r}; using UTC" in caplog.text
+
+
+@pytest.mark.django_db
+def test_the_account_page_cap_is_said_on_the_page(browser, graph, monkeypatch, caplog):
+    monkeypatch.setattr(meta_connect, "MAX_ACCOUNT_PAGES", 1)
+
+    browser.get(consent(browser))
+    html = browser.get("/connect/meta/choose").content.decode()
+
+    assert "This Meta login reaches more ad accounts than we list; only the first 2 are shown." in html
+    assert "Meta lists more than 1 pages of ad accounts" in caplog.text
+
+
+@pytest.mark.django_db
+def test_graph_calls_of_the_connect_flow_carry_the_appsecret_proof(browser, graph):
+    browser.get(consent(browser))
+
+    api_calls = [r for r in graph.requests if "access_token" in r.params and "client_secret" not in r.params]
+    assert [r.path for r in api_calls] == ["/v26.0/me/adaccounts"] * 3
+    assert all(r.params["appsecret_proof"] == proof(LONG) for r in api_calls)
+
+
+def test_the_fake_graph_refuses_calls_without_a_proof_only_when_it_requires_one():
+    fake = FakeGraph()
+    fake.ad_accounts = {LONG: ACCOUNTS}
+    with fake.running():
+        url = f"{fake.url}/{VERSION}/me/adaccounts"
+        fake.require_proof = True
+        refused = httpx.get(url, params={"access_token": LONG}).json()
+        wrong = httpx.get(url, params={"access_token": LONG, "appsecret_proof": "0" * 64}).json()
+        accepted = httpx.get(url, params={"access_token": LONG, "appsecret_proof": proof(LONG)}).json()
+        fake.require_proof = False
+        without = httpx.get(url, params={"access_token": LONG}).json()
+
+    assert refused["error"]["message"] == "API calls from the server require an appsecret_proof argument"
+    assert wrong["error"]["message"] == "Invalid appsecret_proof provided in the API argument"
+    assert len(accepted["data"]) == len(without["data"]) == 5
+
+
+def test_the_fake_graph_codes_work_once_and_only_with_the_dialogs_redirect_uri():
+    fake = FakeGraph()
+    fake.codes = {"code-1": SHORT, "code-2": SHORT}
+    fake.dialog_code = "code-1"
+    app = {"client_id": fake.app_id, "client_secret": fake.app_secret}
+    with fake.running():
+        token_url = f"{fake.url}/{VERSION}/oauth/access_token"
+        dialog = httpx.get(
+            f"{fake.url}/{VERSION}/dialog/oauth",
+            params={"client_id": fake.app_id, "redirect_uri": "https://a.example/cb", "state": "s"},
+        )
+        wrong_uri = httpx.get(token_url, params={**app, "code": "code-1", "redirect_uri": "https://b.example/cb"})
+        fake.codes["code-1"] = SHORT
+        fake.code_redirects["code-1"] = "https://a.example/cb"
+        right = httpx.get(token_url, params={**app, "code": "code-1", "redirect_uri": "https://a.example/cb"})
+        again = httpx.get(token_url, params={**app, "code": "code-1", "redirect_uri": "https://a.example/cb"})
+
+    assert dialog.headers["Location"] == "https://a.example/cb?code=code-1&state=s"
+    assert "redirect_uri is identical" in wrong_uri.json()["error"]["message"]
+    assert right.json()["access_token"] == SHORT
+    assert again.json()["error"]["message"] == "Invalid verification code format."
+
+
+# --- choosing ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
 def test_choose_without_a_pending_sign_in_is_rejected(browser, graph):
     assert browser.get("/connect/meta/choose").status_code == 400
     assert browser.post("/connect/meta/choose", {"accounts": ["111"]}).status_code == 400
@@ -226,22 +561,48 @@ def test_choose_without_a_pending_sign_in_is_rejected(browser, graph):
 
 
 @pytest.mark.django_db
-def test_choose_rejects_an_account_that_was_not_offered(browser, graph):
-    start_state = start(browser)
-    callback(browser, code=CODE, state=start_state)
+def test_a_pending_choice_expires_after_30_minutes(browser, graph):
+    browser.get(consent(browser))
+    with time_machine.travel(NOW + timedelta(minutes=29), tick=False):
+        assert browser.get("/connect/meta/choose").status_code == 200
 
-    response = browser.post("/connect/meta/choose", {"accounts": ["111", "999"]})
+    with time_machine.travel(NOW + timedelta(minutes=30), tick=False):
+        response = browser.post("/connect/meta/choose", {"accounts": ["111"]})
 
     assert response.status_code == 400
+    assert "There is no Meta sign-in waiting for a choice" in response.content.decode()
+    assert PENDING_KEY not in browser.session
     assert not meta_connections().exists()
-    assert browser.post("/connect/meta/choose", {"accounts": []}).status_code == 400
+
+
+@pytest.mark.django_db
+def test_a_pending_choice_sealed_with_a_rotated_away_key_starts_again(browser, graph, settings):
+    browser.get(consent(browser))
+    settings.ENCRYPTION_KEYS = ["sKcyiYJfUdEzkZBYzfZ0QzK4ZbS6dWcM0Dh7dl-ZWpE="]
+
+    response = browser.get("/connect/meta/choose")
+
+    assert response.status_code == 400
+    assert "start again" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_choose_rejects_an_account_that_was_not_offered(browser, graph):
+    browser.get(consent(browser))
+
+    # 444 is closed: listed by Meta, not offered.
+    assert browser.post("/connect/meta/choose", {"accounts": ["111", "444"]}).status_code == 400
+    assert browser.post("/connect/meta/choose", {"accounts": ["111", "999"]}).status_code == 400
+    assert not meta_connections().exists()
+    empty = browser.post("/connect/meta/choose", {"accounts": []})
+    assert empty.status_code == 400
+    assert "Choose at least one Meta ad account." in empty.content.decode()
 
 
 @pytest.mark.django_db
 def test_choose_a_workspace_when_the_user_has_several(browser, graph, owner, other_workspace):
     second = workspace_create(name="Alice's Side Project", owner=owner)
-    state = start(browser)
-    callback(browser, code=CODE, state=state)
+    browser.get(consent(browser))
     page = browser.get("/connect/meta/choose").content.decode()
     assert "Alice&#x27;s Side Project" in page
     assert "Alice&#x27;s Agency" in page
@@ -249,6 +610,8 @@ def test_choose_a_workspace_when_the_user_has_several(browser, graph, owner, oth
     # Someone else's workspace is not one to choose: 404, nothing created.
     outsider = browser.post("/connect/meta/choose", {"accounts": ["333"], "workspace": str(other_workspace.public_id)})
     assert outsider.status_code == 404
+    # Nor is none at all when there are several.
+    assert browser.post("/connect/meta/choose", {"accounts": ["333"]}).status_code == 404
     response = browser.post("/connect/meta/choose", {"accounts": ["333"], "workspace": str(second.public_id)})
 
     assert response.status_code == 302
@@ -256,7 +619,7 @@ def test_choose_a_workspace_when_the_user_has_several(browser, graph, owner, oth
 
 
 @pytest.mark.django_db
-def test_connecting_again_reconnects_the_existing_connection(browser, graph, make_connection):
+def test_connecting_again_reconnects_the_existing_connection_and_clears_its_auth_error(browser, graph, make_connection):
     existing = make_connection(
         provider="meta",
         external_account_id="111",
@@ -265,11 +628,11 @@ def test_connecting_again_reconnects_the_existing_connection(browser, graph, mak
         sync_frequency=SyncFrequency.HOURLY,
         now=NOW,
     )
-    Connection.objects.filter(pk=existing.pk).update(
-        sync_status="error", last_sync_error=RECONNECT_MESSAGE, last_sync_error_kind="auth"
-    )
+    in_auth_error(existing)
+    browser.get(consent(browser))
+    assert "already connected in Alice&#x27;s Agency" in browser.get("/connect/meta/choose").content.decode()
 
-    connect(browser, ["111"])
+    browser.post("/connect/meta/choose", {"accounts": ["111"]})
 
     [connection] = meta_connections()
     assert connection.pk == existing.pk
@@ -279,94 +642,90 @@ def test_connecting_again_reconnects_the_existing_connection(browser, graph, mak
         SyncFrequency.HOURLY,
     )
     assert connection.credentials_expires_at == NOW + timedelta(days=60)
-    assert "reconnected 1" in browser.get("/settings").content.decode()
+    assert (connection.sync_status, connection.last_sync_error, connection.last_sync_error_kind) == (
+        SyncStatus.IDLE,
+        None,
+        "",
+    )
+    assert connection.next_sync_at == NOW  # never attempted: due at once
+    assert messages_on_settings(browser) == ["Alice's Agency: reconnected 1 Meta ad account (Shop US)."]
 
 
 @pytest.mark.django_db
-def test_connect_needs_a_signed_in_user(graph):
-    response = Client().get("/connect/meta/")
+def test_an_account_connected_in_another_of_the_users_workspaces_is_refused(browser, graph, owner, workspace):
+    second = workspace_create(name="Alice's Side Project", owner=owner)
+    existing = connection_create(
+        workspace=workspace, provider="meta", external_account_id="222", name="Shop DE", now=NOW
+    )
+    browser.get(consent(browser))
+    page = parse(browser.get("/connect/meta/choose").content)
+    assert page.one("option", selected="").text() == "Alice's Agency"  # where it is connected
 
-    assert (response.status_code, response["Location"]) == (302, "/login/?next=/connect/meta/")
+    response = browser.post("/connect/meta/choose", {"accounts": ["111", "222"], "workspace": str(second.public_id)})
+
+    assert response.status_code == 400
+    assert parse(response.content).one("p", role="alert").text() == (
+        "Shop DE is already connected in Alice's Agency. Choose that workspace to reconnect it there."
+    )
+    assert list(meta_connections()) == [existing]
+    # In its own workspace it is a reconnect.
+    browser.post("/connect/meta/choose", {"accounts": ["222"], "workspace": str(workspace.public_id)})
+    assert [(c.pk, c.credentials) for c in meta_connections()] == [(existing.pk, {"access_token": LONG})]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_same_choice_posted_twice_at_once_connects_one(workspace, monkeypatch):
+    """The other request commits the connection between our lookup and our insert: ours
+    becomes a reconnect instead of an IntegrityError (a 500)."""
+    real_create = services.connection_create
+
+    def the_other_request_commits_first(**fields):
+        def other_request():
+            try:
+                real_create(**{**fields, "credentials": {"access_token": "from-the-other-request"}})
+            finally:
+                db_connections.close_all()
+
+        thread = threading.Thread(target=other_request)
+        thread.start()
+        thread.join()
+        return real_create(**fields)
+
+    monkeypatch.setattr(services, "connection_create", the_other_request_commits_first)
+
+    created, reconnected = connections_connect_accounts(
+        workspace=workspace,
+        provider="meta",
+        accounts=[ConnectAccount("111", "Shop US", "USD", "America/Chicago")],
+        credentials={"access_token": LONG},
+        expires_at=None,
+        now=NOW,
+    )
+
+    [connection] = meta_connections()
+    assert (created, [c.pk for c in reconnected]) == ([], [connection.pk])
+    assert connection.credentials == {"access_token": LONG}
+
+
+# --- the Settings page ------------------------------------------------------------------------------
+
+
+def test_reconnect_urls_are_the_start_urls():
+    assert {"meta": reverse("meta-connect-start"), "google": reverse("google-connect-start")} == RECONNECT_URLS
 
 
 @pytest.mark.django_db
-def test_connect_explains_when_no_meta_app_is_configured(browser, settings):
-    settings.META_APP_ID = ""
+def test_reconnect_on_the_settings_page_posts_to_the_connect_flow(browser, graph, make_connection):
+    connection = make_connection(provider="meta", external_account_id="111", credentials={"access_token": "EAAold"})
+    in_auth_error(connection)
 
-    response = browser.get("/connect/meta/", follow=True)
+    section = parse(browser.get("/settings").content).one("section", id=f"connection-{connection.public_id}")
+    form = section.one("form", class_="reconnect-form")
 
-    assert response.redirect_chain == [("/settings", 302)]
-    assert "META_APP_ID" in response.content.decode()
-
-
-@pytest.mark.django_db
-def test_settings_page_offers_connect_meta(browser):
-    html = browser.get("/settings").content.decode()
-
-    assert 'action="/connect/meta/"' in html
-    assert "Connect Meta account" in html
-
-
-# --- secrets --------------------------------------------------------------------------------
-
-
-@pytest.mark.django_db
-def test_tokens_are_never_logged_rendered_or_kept_in_plain_text(browser, graph, caplog):
-    caplog.set_level(logging.DEBUG)
-    state = start(browser)
-    callback(browser, code=CODE, state=state)
-
-    pending = browser.session[PENDING_KEY]
-    pages = [browser.get("/connect/meta/choose").content.decode()]
-    browser.post("/connect/meta/choose", {"accounts": ["111"]})
-    pages.append(browser.get("/settings").content.decode())
-
-    # httpx logged each request (its URL carries the secrets), redacted.
-    assert "client_secret=[redacted]" in caplog.text
-    assert "fb_exchange_token=[redacted]" in caplog.text
-    for secret in [CODE, SHORT, LONG, "app-secret"]:
-        assert secret not in caplog.text
-        assert secret not in pending
-        assert all(secret not in page for page in pages)
-
-
-@pytest.mark.django_db
-def test_admin_can_paste_a_system_user_token_that_is_never_shown(make_connection, workspace):
-    admin = get_user_model().objects.create_superuser("root", "root@example.com", "password")
-    workspace_add_member(workspace=workspace, user=admin)
-    client = Client()
-    client.force_login(admin)
-    connection = make_connection(provider="meta", external_account_id="111", name="Shop US")
-    url = f"/admin/connections/connection/{connection.pk}/change/"
-    form = {
-        "workspace": workspace.pk,
-        "provider": "meta",
-        "external_account_id": "111",
-        "name": "Shop US",
-        "currency": "USD",
-        "timezone": "UTC",
-        "lookback_days": "",
-        "provider_options": "{}",
-    }
-    system_token = "EAAsystem-user-token-never-expires"
-
-    response = client.post(url, {**form, "meta_access_token": system_token})
-
-    assert response.status_code == 302, response.content.decode()
-    connection.refresh_from_db()
-    assert (connection.credentials, connection.credentials_expires_at) == ({"access_token": system_token}, None)
-    assert system_token not in client.get(url).content.decode()
-    # Saving without a token keeps the stored one.
-    client.post(url, {**form, "name": "Shop US (renamed)"})
-    connection.refresh_from_db()
-    assert (connection.name, connection.credentials) == ("Shop US (renamed)", {"access_token": system_token})
-    # Only Meta connections take one.
-    demo = make_connection()
-    demo_form = {**form, "provider": "demo", "external_account_id": demo.external_account_id}
-    rejected = client.post(f"/admin/connections/connection/{demo.pk}/change/", {**demo_form, "meta_access_token": "x"})
-    assert rejected.status_code == 200
-    demo.refresh_from_db()
-    assert demo.credentials == {}
+    assert (form.attrs["method"], form.attrs["action"]) == ("post", "/connect/meta/start")
+    assert form.one("button").text() == "Reconnect Meta"
+    token = form.one("input", name="csrfmiddlewaretoken").attrs["value"]
+    assert browser.post(form.attrs["action"], {"csrfmiddlewaretoken": token}).status_code == 302
 
 
 def test_access_expiry_text_reads_like_the_rest_of_the_page():
@@ -385,3 +744,139 @@ def test_settings_page_shows_when_meta_access_expires(browser, make_connection):
     html = browser.get("/settings").content.decode()
 
     assert html.count("access expires in 5 days") == 1
+
+
+# --- secrets --------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_tokens_are_never_logged_rendered_or_kept_in_plain_text(browser, graph, caplog):
+    caplog.set_level(logging.DEBUG)
+    back = consent(browser)
+    caplog.clear()  # the test's own visit to the dialog, whose log lines carry the code
+    browser.get(back)
+
+    pending = browser.session[PENDING_KEY]
+    pages = [browser.get("/connect/meta/choose").content.decode()]
+    browser.post("/connect/meta/choose", {"accounts": ["111"]})
+    pages.append(browser.get("/settings").content.decode())
+
+    # httpx logged each request (its URL carries the secrets), redacted.
+    assert "client_secret=[redacted]" in caplog.text
+    assert "fb_exchange_token=[redacted]" in caplog.text
+    assert "appsecret_proof=[redacted]" in caplog.text
+    for secret in [CODE, SHORT, LONG, "app-secret", proof(LONG)]:
+        assert secret not in caplog.text
+        assert secret not in pending
+        assert all(secret not in page for page in pages)
+
+
+# --- the admin's token paste ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def admin_browser(workspace) -> Client:
+    admin = get_user_model().objects.create_superuser("root", "root@example.com", "password")
+    workspace_add_member(workspace=workspace, user=admin)
+    client = Client()
+    client.force_login(admin)
+    return client
+
+
+def admin_form(workspace, connection: Connection) -> dict:
+    return {
+        "workspace": workspace.pk,
+        "provider": connection.provider,
+        "external_account_id": connection.external_account_id,
+        "name": connection.name,
+        "currency": "USD",
+        "timezone": "UTC",
+        "lookback_days": "",
+        "provider_options": "{}",
+    }
+
+
+@pytest.mark.django_db
+def test_admin_can_paste_a_system_user_token_that_is_never_shown(admin_browser, make_connection, workspace):
+    connection = make_connection(provider="meta", external_account_id="111", name="Shop US")
+    url = f"/admin/connections/connection/{connection.pk}/change/"
+    form = admin_form(workspace, connection)
+    system_token = "EAAsystem-user-token-never-expires"
+
+    response = admin_browser.post(url, {**form, "meta_access_token": system_token})
+
+    assert response.status_code == 302, response.content.decode()
+    connection.refresh_from_db()
+    assert (connection.credentials, connection.credentials_expires_at) == ({"access_token": system_token}, None)
+    assert system_token not in admin_browser.get(url).content.decode()
+    # Saving without a token keeps the stored one.
+    admin_browser.post(url, {**form, "name": "Shop US (renamed)"})
+    connection.refresh_from_db()
+    assert (connection.name, connection.credentials) == ("Shop US (renamed)", {"access_token": system_token})
+    # Only Meta connections take one.
+    demo = make_connection()
+    demo_form = {**admin_form(workspace, demo)}
+    rejected = admin_browser.post(
+        f"/admin/connections/connection/{demo.pk}/change/", {**demo_form, "meta_access_token": "x"}
+    )
+    assert rejected.status_code == 200
+    demo.refresh_from_db()
+    assert demo.credentials == {}
+
+
+@pytest.mark.django_db
+def test_admin_token_paste_reconnects_a_connection_whose_access_expired(admin_browser, make_connection, workspace):
+    connection = make_connection(
+        provider="meta",
+        external_account_id="111",
+        name="Shop US",
+        credentials={"access_token": "EAAexpired"},
+        sync_frequency=SyncFrequency.DAILY,
+        now=NOW,
+    )
+    Connection.objects.filter(pk=connection.pk).update(credentials_expires_at=NOW - timedelta(days=1))
+    in_auth_error(connection)
+
+    response = admin_browser.post(
+        f"/admin/connections/connection/{connection.pk}/change/",
+        {**admin_form(workspace, connection), "meta_access_token": "EAAsystem-user-token"},
+    )
+
+    assert response.status_code == 302, response.content.decode()
+    connection.refresh_from_db()
+    assert (connection.credentials, connection.credentials_expires_at) == (
+        {"access_token": "EAAsystem-user-token"},
+        None,
+    )
+    assert (connection.sync_status, connection.last_sync_error, connection.last_sync_error_kind) == (
+        SyncStatus.IDLE,
+        None,
+        "",
+    )
+    assert connection.next_sync_at == NOW
+
+
+@pytest.mark.django_db
+def test_admin_adding_a_meta_connection_with_a_token(admin_browser, workspace):
+    form = {
+        "workspace": workspace.pk,
+        "provider": "meta",
+        "external_account_id": "777",
+        "name": "Pasted",
+        "currency": "USD",
+        "timezone": "UTC",
+        "lookback_days": "",
+        "provider_options": "{}",
+        "sync_frequency": SyncFrequency.HOURLY,
+        "meta_access_token": "EAAsystem",
+    }
+
+    response = admin_browser.post("/admin/connections/connection/add/", form)
+
+    assert response.status_code == 302, response.content.decode()
+    connection = meta_connections().get()
+    assert (connection.credentials, connection.sync_status, connection.next_sync_at) == (
+        {"access_token": "EAAsystem"},
+        SyncStatus.IDLE,
+        NOW,
+    )
