@@ -32,26 +32,39 @@ ENTITY_NAME_LENGTH = DailyMetric._meta.get_field("entity_name").max_length
 VALUE_COLUMNS = ("entity_name", "spend", "impressions", "clicks", "conversions", "conversion_value", "currency")
 KEY_COLUMNS = ("level", "entity_id", "date")
 
-_PG_MERGE = """
+# One statement for both sources: update a stored row only when its values differ, insert new
+# ones. Parameters: connection id, now (updated_at), connection id, now (updated_at).
+_PG_MERGE_TEMPLATE = """
 MERGE INTO daily_metrics AS t
-USING (
-    SELECT * FROM unnest(
-        %s::varchar[], %s::varchar[], %s::date[], %s::varchar[], %s::numeric(20,6)[],
-        %s::bigint[], %s::bigint[], %s::numeric(20,6)[], %s::numeric(20,6)[], %s::varchar[]
-    ) AS u(level, entity_id, date, entity_name, spend, impressions, clicks, conversions,
-           conversion_value, currency)
-) AS s
+USING {source} AS s
 ON t.connection_id = %s AND t.level = s.level AND t.entity_id = s.entity_id AND t.date = s.date
 WHEN MATCHED AND ({tcols}) IS DISTINCT FROM ({scols}) THEN
     UPDATE SET {sets}, updated_at = %s
 WHEN NOT MATCHED THEN
     INSERT (connection_id, level, entity_id, date, {cols}, updated_at)
     VALUES (%s, s.level, s.entity_id, s.date, {scols}, %s)
-""".format(
-    cols=", ".join(VALUE_COLUMNS),
-    tcols=", ".join(f"t.{c}" for c in VALUE_COLUMNS),
-    scols=", ".join(f"s.{c}" for c in VALUE_COLUMNS),
-    sets=", ".join(f"{c} = s.{c}" for c in VALUE_COLUMNS),
+"""
+
+
+def _pg_merge(source: str) -> str:
+    return _PG_MERGE_TEMPLATE.format(
+        source=source,
+        cols=", ".join(VALUE_COLUMNS),
+        tcols=", ".join(f"t.{c}" for c in VALUE_COLUMNS),
+        scols=", ".join(f"s.{c}" for c in VALUE_COLUMNS),
+        sets=", ".join(f"{c} = s.{c}" for c in VALUE_COLUMNS),
+    )
+
+
+# The casts to numeric(20,6) round to the columns' scale before the comparison.
+_PG_MERGE = _pg_merge(
+    """(
+    SELECT * FROM unnest(
+        %s::varchar[], %s::varchar[], %s::date[], %s::varchar[], %s::numeric(20,6)[],
+        %s::bigint[], %s::bigint[], %s::numeric(20,6)[], %s::numeric(20,6)[], %s::varchar[]
+    ) AS u(level, entity_id, date, entity_name, spend, impressions, clicks, conversions,
+           conversion_value, currency)
+)"""
 )
 
 # Above this many rows COPY into a temporary table beats array parameters (measured crossover
@@ -66,22 +79,7 @@ CREATE TEMP TABLE {_PG_STAGE_TABLE} (
 ) ON COMMIT DROP
 """
 _PG_COPY = f"COPY {_PG_STAGE_TABLE} ({', '.join(KEY_COLUMNS + VALUE_COLUMNS)}) FROM STDIN"
-_PG_MERGE_STAGED = """
-MERGE INTO daily_metrics AS t
-USING {stage} AS s
-ON t.connection_id = %s AND t.level = s.level AND t.entity_id = s.entity_id AND t.date = s.date
-WHEN MATCHED AND ({tcols}) IS DISTINCT FROM ({scols}) THEN
-    UPDATE SET {sets}, updated_at = %s
-WHEN NOT MATCHED THEN
-    INSERT (connection_id, level, entity_id, date, {cols}, updated_at)
-    VALUES (%s, s.level, s.entity_id, s.date, {scols}, %s)
-""".format(
-    stage=_PG_STAGE_TABLE,
-    cols=", ".join(VALUE_COLUMNS),
-    tcols=", ".join(f"t.{c}" for c in VALUE_COLUMNS),
-    scols=", ".join(f"s.{c}" for c in VALUE_COLUMNS),
-    sets=", ".join(f"{c} = s.{c}" for c in VALUE_COLUMNS),
-)
+_PG_MERGE_STAGED = _pg_merge(_PG_STAGE_TABLE)
 _row_values = operator.attrgetter(*KEY_COLUMNS, *VALUE_COLUMNS)
 
 _SQLITE_UPSERT = """
