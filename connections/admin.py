@@ -6,19 +6,17 @@ from django.utils import timezone
 
 from connections.authentication import api_token_issue
 from connections.models import (
-    BUSY_STATUSES,
     ApiToken,
     Connection,
     Membership,
     SyncFrequency,
-    SyncStatus,
     SyncTrigger,
     Workspace,
 )
 from connections.services import connection_credentials_replace, connections_set_frequency_all
 from connections.status import Freshness, connection_freshness, relative_time, stats_line
 from syncing import schedule
-from syncing.services import BrokerUnavailable, connection_enqueue_sync
+from syncing.services import BrokerUnavailable, connection_enqueue_sync, syncs_reset_stuck
 
 
 class MembershipInline(admin.TabularInline):
@@ -181,13 +179,7 @@ class ConnectionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Reset stuck status")
     def reset_stuck(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
-        # For a job the operator knows is dead (worker gone) before the automatic recovery
-        # deadline. Conditional, so a job that finished meanwhile is left alone.
-        count = queryset.filter(sync_status__in=BUSY_STATUSES).update(
-            sync_status=SyncStatus.ERROR,
-            last_sync_error="Reset by an operator; press Sync Now to try again.",
-            last_sync_error_kind="interrupted",
-        )
+        count = syncs_reset_stuck(connection_ids=list(queryset.values_list("pk", flat=True)), now=timezone.now())
         self.message_user(request, f"Reset {count} stuck connection(s).")
 
 

@@ -75,8 +75,18 @@ RUNNABLE_STATUSES = (SyncStatus.IDLE, SyncStatus.ERROR)
 BUSY_STATUSES = (SyncStatus.QUEUED, SyncStatus.SYNCING)
 
 
+class ErrorKind(models.TextChoices):
+    """What kind of failure a sync ended in (the provider error classes, plus recovery's)."""
+
+    AUTH = "auth", "Access expired"  # waits for a reconnect
+    PERMANENT = "permanent", "Refused"
+    TRANSIENT = "transient", "Temporary failure"
+    THROTTLED = "throttled", "Rate limited"
+    INTERRUPTED = "interrupted", "Interrupted"
+
+
 # last_sync_error_kind of a connection whose access expired or was revoked: it waits for a reconnect.
-AUTH_ERROR_KIND = "auth"
+AUTH_ERROR_KIND = ErrorKind.AUTH
 
 
 class SyncTrigger(models.TextChoices):
@@ -113,7 +123,7 @@ class Connection(models.Model):
     last_sync_error = models.TextField(null=True, blank=True)  # noqa: DJ001
     # The kind of the last error (auth, permanent, transient, interrupted), so the Settings page
     # can offer "Reconnect" for expired access without parsing the message.
-    last_sync_error_kind = models.CharField(max_length=16, blank=True, default="")
+    last_sync_error_kind = models.CharField(max_length=16, choices=ErrorKind.choices, blank=True, default="")
 
     # --- what the engine needs ---
     job_id = models.UUIDField(null=True, blank=True)
@@ -144,6 +154,10 @@ class Connection(models.Model):
             models.CheckConstraint(
                 condition=Q(provider__in=Provider.values),
                 name="connections_connection_provider_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(last_sync_error_kind__in=["", *ErrorKind.values]),
+                name="connections_connection_error_kind_valid",
             ),
             # A queued or syncing connection always has the job that owns it.
             models.CheckConstraint(

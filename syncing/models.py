@@ -1,7 +1,7 @@
 from django.db import models
 from django.db.models import F, Q
 
-from connections.models import Connection, SyncTrigger
+from connections.models import Connection, ErrorKind, SyncTrigger
 
 # Money and conversions are exact decimals. Six places hold Google's micros exactly.
 MONEY = {"max_digits": 20, "decimal_places": 6}
@@ -77,7 +77,7 @@ class SyncRun(models.Model):
     api_calls = models.PositiveIntegerField(default=0)
     rows_fetched = models.PositiveIntegerField(default=0)
     rows_written = models.PositiveIntegerField(default=0)
-    error_class = models.CharField(max_length=32, blank=True, default="")
+    error_class = models.CharField(max_length=32, choices=ErrorKind.choices, blank=True, default="")
     error_message = models.TextField(blank=True, default="")
 
     class Meta:

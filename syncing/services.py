@@ -30,6 +30,7 @@ from connections.models import (
     AUTH_ERROR_KIND,
     BUSY_STATUSES,
     Connection,
+    ErrorKind,
     SyncFrequency,
     SyncStatus,
     SyncTrigger,
@@ -376,23 +377,48 @@ def syncs_recover_stuck(*, now: datetime) -> int:
     lost_queued = Connection.objects.filter(sync_status=SyncStatus.QUEUED, queued_at__lt=queued_deadline).update(
         sync_status=SyncStatus.ERROR,
         last_sync_error=LOST_IN_QUEUE.format(minutes=max(1, settings.SYNC_QUEUED_TIMEOUT // 60)),
-        last_sync_error_kind="interrupted",
+        last_sync_error_kind=ErrorKind.INTERRUPTED,
     )
     # queued_at precedes the start, so the redundant bound lets the busy index serve this.
     lost_syncing = Connection.objects.filter(
         sync_status=SyncStatus.SYNCING,
         queued_at__lt=syncing_deadline,
         last_sync_attempted_at__lt=syncing_deadline,
-    ).update(sync_status=SyncStatus.ERROR, last_sync_error=LOST_WHILE_SYNCING, last_sync_error_kind="interrupted")
+    ).update(
+        sync_status=SyncStatus.ERROR, last_sync_error=LOST_WHILE_SYNCING, last_sync_error_kind=ErrorKind.INTERRUPTED
+    )
     SyncRun.objects.filter(outcome=SyncOutcome.RUNNING, started_at__lt=syncing_deadline).update(
         outcome=SyncOutcome.INTERRUPTED,
         finished_at=now,
-        error_class="interrupted",
+        error_class=ErrorKind.INTERRUPTED,
         error_message=LOST_WHILE_SYNCING,
     )
     if lost_queued or lost_syncing:
         logger.warning("Recovered %d lost queued and %d interrupted sync job(s)", lost_queued, lost_syncing)
     return lost_queued + lost_syncing
+
+
+RESET_BY_OPERATOR = "Reset by an operator; press Sync Now to try again."
+
+
+def syncs_reset_stuck(*, connection_ids: list[int], now: datetime) -> int:
+    """queued/syncing -> error for jobs an operator knows are dead (the admin's "Reset stuck
+    status"), before the automatic recovery deadline. Conditional, so a job that finished
+    meanwhile is left alone; a late worker finds the row changed and writes nothing."""
+    with transaction.atomic():
+        busy = list(
+            Connection.objects.filter(pk__in=connection_ids, sync_status__in=BUSY_STATUSES).values_list("pk", "job_id")
+        )
+        reset = Connection.objects.filter(pk__in=[pk for pk, _ in busy], sync_status__in=BUSY_STATUSES).update(
+            sync_status=SyncStatus.ERROR, last_sync_error=RESET_BY_OPERATOR, last_sync_error_kind=ErrorKind.INTERRUPTED
+        )
+        SyncRun.objects.filter(job_id__in=[job for _, job in busy], outcome=SyncOutcome.RUNNING).update(
+            outcome=SyncOutcome.INTERRUPTED,
+            finished_at=now,
+            error_class=ErrorKind.INTERRUPTED,
+            error_message=RESET_BY_OPERATOR,
+        )
+    return reset
 
 
 def sync_runs_prune(*, now: datetime, batch: int = 10_000) -> int:

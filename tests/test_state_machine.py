@@ -585,3 +585,35 @@ def test_frequency_change_keeps_a_connection_waiting_for_reconnect_unscheduled(m
     connection_set_frequency(connection=connection, frequency=SyncFrequency.REALTIME, now=NOW)
 
     assert (reload(connection).sync_frequency, reload(connection).next_sync_at) == ("realtime", None)
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_operator_reset_ends_the_run_and_leaves_idle_rows_alone(make_connection):
+    from syncing.services import RESET_BY_OPERATOR, syncs_reset_stuck
+
+    running, idle = make_connection(), make_connection()
+    started = started_sync(running)
+
+    assert syncs_reset_stuck(connection_ids=[running.pk, idle.pk], now=NOW + timedelta(seconds=5)) == 1
+
+    running = reload(running)
+    assert (running.sync_status, running.last_sync_error, running.last_sync_error_kind) == (
+        "error",
+        RESET_BY_OPERATOR,
+        "interrupted",
+    )
+    assert reload(idle).sync_status == "idle"
+    assert SyncRun.objects.get().outcome == SyncOutcome.INTERRUPTED
+    assert sync_finish(started=started, rows=some_rows(), api_calls=1, now=NOW) is None
+
+
+def test_every_provider_error_kind_is_a_stored_kind():
+    from connections.models import ErrorKind
+    from syncing.providers import base
+
+    kinds = {
+        cls.error_class for cls in vars(base).values() if isinstance(cls, type) and issubclass(cls, base.ProviderError)
+    }
+    assert kinds <= set(ErrorKind.values)
+    assert kinds == {"auth", "permanent", "transient", "throttled"}

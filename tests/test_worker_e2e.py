@@ -59,6 +59,7 @@ def test_sync_now_runs_queued_syncing_idle_on_a_real_worker(make_connection, sta
 def test_dispatcher_feeds_the_worker(make_connection, start_worker):
     start_worker()
     connections = [make_connection(sync_frequency=SyncFrequency.REALTIME) for _ in range(5)]
+    slots = {c.pk: c.next_sync_at for c in connections}
 
     result = syncs_dispatch_due(now=timezone.now())
 
@@ -70,8 +71,8 @@ def test_dispatcher_feeds_the_worker(make_connection, start_worker):
     )
     for connection in connections:
         connection.refresh_from_db()
-        # Slot-based: the next slot is 30 s after the slot just served.
-        assert connection.next_sync_at > timezone.now()
+        # Slot-based: the next slot is 30 s after the slot just served, not after the start.
+        assert connection.next_sync_at == slots[connection.pk] + timedelta(seconds=30)
 
 
 def test_provider_error_ends_in_error_with_the_message(make_connection, start_worker):
