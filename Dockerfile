@@ -37,4 +37,7 @@ RUN groupadd --system --gid 10001 adsync \
 USER 10001:10001
 
 EXPOSE 8000
-CMD ["gunicorn", "adsync.wsgi", "--bind", "0.0.0.0:8000", "--workers", "2", "--access-logfile", "-"]
+# The access log leaves out query strings: the OAuth callbacks carry a code and a state there.
+# The timeout covers the slowest request, a Google connect listing its customers.
+CMD ["gunicorn", "adsync.wsgi", "--bind", "0.0.0.0:8000", "--workers", "2", "--timeout", "120", \
+     "--access-logfile", "-", "--access-logformat", "%(h)s \"%(m)s %(U)s\" %(s)s %(b)s %(M)sms"]

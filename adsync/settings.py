@@ -302,6 +302,8 @@ LOGGING = {
         # The facebook-business SDK's requests (urllib3) and the connect flows' httpx calls.
         "urllib3.connectionpool": {"filters": ["redact_tokens"]},
         "httpx": {"filters": ["redact_tokens"]},
+        # runserver's request lines carry the OAuth callbacks' code and state in the query string.
+        "django.server": {"filters": ["redact_tokens"]},
     },
 }
 

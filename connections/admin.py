@@ -127,12 +127,31 @@ class ConnectionAdmin(admin.ModelAdmin):
             obj.next_sync_at = schedule.next_sync_after_change(
                 frequency=obj.sync_frequency, last_attempted_at=None, public_id=obj.public_id, now=now
             )
-        super().save_model(request, obj, form, change)
+        if change:
+            # Only what the form edits: a full-row save would write back the sync state as it was
+            # read when the page opened, over whatever the worker changed since.
+            edited = [name for name in form.changed_data if name in self.editable_fields]
+            if edited:
+                obj.save(update_fields=edited)
+        else:
+            super().save_model(request, obj, form, change)
         if token and change:
             # A reconnect, like the OAuth flows': one failing on expired access is scheduled again.
             connection_credentials_replace(
                 connection=obj, credentials={"access_token": token}, expires_at=None, now=now
             )
+
+    # Model fields an existing connection's admin form may change (the rest is read-only).
+    editable_fields = (
+        "workspace",
+        "provider",
+        "external_account_id",
+        "name",
+        "currency",
+        "timezone",
+        "lookback_days",
+        "provider_options",
+    )
 
     def get_readonly_fields(self, request, obj=None):
         # The frequency is changed with the Settings page, the API or the actions, which

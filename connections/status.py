@@ -153,7 +153,10 @@ def connection_status_view(connection: Connection, now: datetime) -> ConnectionS
     reconnect = connection.sync_status == SyncStatus.ERROR and connection.last_sync_error_kind == AUTH_ERROR_KIND
     rate_limited_text = None
     if connection.rate_limited_until is not None and connection.rate_limited_until > now:
-        rate_limited_text = f"Rate limited — resumes {connection.rate_limited_until.astimezone(UTC):%H:%M} UTC"
+        resumes = connection.rate_limited_until.astimezone(UTC)
+        # A Google budget wait can run into tomorrow: then the date is part of the answer.
+        when = f"{resumes:%H:%M}" if resumes.date() == now.astimezone(UTC).date() else f"{resumes:%b %d, %H:%M}"
+        rate_limited_text = f"Rate limited — resumes {when} UTC"
     return ConnectionStatusView(
         frequency_label=FREQUENCY_LABELS[connection.sync_frequency],
         status=connection.sync_status,

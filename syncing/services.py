@@ -334,7 +334,11 @@ def sync_requeue_for_retry(*, started: StartedSync, error: ProviderError, now: d
     own (total_syncs_attempted counts calls to the platform, not jobs).
     """
     with transaction.atomic():
-        if _mine(started).update(sync_status=SyncStatus.QUEUED, queued_at=now, next_sync_at=started.slot) != 1:
+        # A connection set to manual while this attempt ran stays unscheduled.
+        slot = started.slot
+        if slot is not None:
+            slot = Case(When(sync_frequency=SyncFrequency.MANUAL, then=Value(None)), default=Value(slot))
+        if _mine(started).update(sync_status=SyncStatus.QUEUED, queued_at=now, next_sync_at=slot) != 1:
             return False
         _run_close(started, SyncOutcome.RETRYING, error, now, api_calls)
     return True

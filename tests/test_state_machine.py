@@ -617,3 +617,19 @@ def test_every_provider_error_kind_is_a_stored_kind():
     }
     assert kinds <= set(ErrorKind.values)
     assert kinds == {"auth", "permanent", "transient", "throttled"}
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_a_retry_after_switching_to_manual_stays_unscheduled(make_connection):
+    from connections.services import connection_set_frequency
+
+    connection = make_connection(sync_frequency=SyncFrequency.HOURLY, now=NOW)
+    job = connection_enqueue_sync(connection=connection, trigger=SyncTrigger.SCHEDULED, now=NOW, send=False)
+    started = sync_start(connection_id=connection.pk, job_id=job.job_id, now=NOW)
+    connection_set_frequency(connection=connection, frequency=SyncFrequency.MANUAL, now=NOW)
+
+    assert sync_requeue_for_retry(started=started, error=TransientProviderError("503"), now=NOW) is True
+
+    connection = reload(connection)
+    assert (connection.sync_status, connection.sync_frequency, connection.next_sync_at) == ("queued", "manual", None)

@@ -1454,3 +1454,52 @@ def test_static_admin_css_is_served(client):
 
     assert response.status_code == 200
     response.close()
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_admin_change_saves_only_the_edited_fields(admin_client, make_connection):
+    from syncing.services import connection_enqueue_sync, sync_finish, sync_start
+
+    connection = make_connection(name="Before", sync_frequency="realtime", now=NOW)
+    page = admin_client.get(f"/admin/connections/connection/{connection.pk}/change/")
+    assert page.status_code == 200
+    # The worker runs a whole sync while the page is open.
+    job = connection_enqueue_sync(connection=connection, now=NOW, send=False)
+    started = sync_start(connection_id=connection.pk, job_id=job.job_id, now=NOW)
+    sync_finish(started=started, rows=[], api_calls=1, now=NOW + timedelta(seconds=1))
+
+    response = admin_client.post(
+        f"/admin/connections/connection/{connection.pk}/change/",
+        {
+            "workspace": str(connection.workspace_id),
+            "provider": "demo",
+            "external_account_id": connection.external_account_id,
+            "name": "After",
+            "currency": "USD",
+            "timezone": "UTC",
+            "lookback_days": "",
+            "provider_options": "{}",
+            "meta_access_token": "",
+        },
+    )
+
+    assert response.status_code == 302
+    connection.refresh_from_db()
+    assert connection.name == "After"
+    # The sync's results were not written over with the state the page was opened with.
+    assert (connection.sync_status, connection.total_syncs_attempted) == ("idle", 1)
+    assert connection.last_sync_completed_at == NOW + timedelta(seconds=1)
+
+
+@pytest.mark.embedded
+def test_rate_limited_text_names_the_day_when_not_today():
+    from connections.models import Connection
+    from connections.status import connection_status_view
+
+    now = datetime(2026, 11, 28, 23, 0, tzinfo=UTC)
+    today = Connection(sync_frequency="hourly", rate_limited_until=now + timedelta(minutes=30))
+    tomorrow = Connection(sync_frequency="hourly", rate_limited_until=now + timedelta(hours=2))
+
+    assert connection_status_view(today, now).rate_limited_text == "Rate limited — resumes 23:30 UTC"
+    assert connection_status_view(tomorrow, now).rate_limited_text == "Rate limited — resumes Nov 29, 01:00 UTC"
