@@ -45,8 +45,12 @@ META = Flow(
 )
 SCOPE = "ads_read"
 ACCOUNT_FIELDS = "id,account_id,name,currency,timezone_name,account_status"
-# account_status of an ad account that can run and report (2 disabled, 101 closed, ...).
-ACTIVE = 1
+# account_status values (Meta: 1 active, 2 disabled, 3 unsettled, 7 pending risk review,
+# 8 pending settlement, 9 in grace period, 100 pending closure, 101 closed, 201 any active,
+# 202 any closed). All but the disabled and closed ones still report insights.
+EXCLUDED_STATUSES = frozenset({2, 101, 202})
+# A token's expires_in beyond this is not believed (Meta's long-lived tokens last ~60 days).
+MAX_EXPIRES_IN = 10 * 366 * 86400
 # /me/adaccounts pages of 100; an agency user with thousands of accounts stops here.
 MAX_ACCOUNT_PAGES = 50
 HTTP_TIMEOUT = httpx.Timeout(20.0, connect=10.0)
@@ -96,14 +100,14 @@ def _get(client: httpx.Client, path: str, params: dict[str, str]) -> dict:
 
 def _expires_at(expires_in: object, now: datetime) -> datetime | None:
     """Meta's expires_in (seconds) as a time; None when it sends none (a token that does not
-    expire) or something that is not a positive number of seconds (logged, not fatal)."""
+    expire) or something that is not a plausible positive number of seconds (logged, not fatal)."""
     if expires_in is None or expires_in == "":
         return None
     try:
         seconds = int(expires_in)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         seconds = 0
-    if seconds <= 0:
+    if seconds <= 0 or seconds > MAX_EXPIRES_IN:
         logger.warning("Meta sent an unreadable expires_in %r; the token's expiry is not known", expires_in)
         return None
     return now + timedelta(seconds=seconds)
@@ -126,8 +130,8 @@ def meta_token_exchange(*, code: str, redirect_uri: str, now: datetime) -> MetaT
 
 
 def meta_ad_accounts(*, access_token: str) -> tuple[list[Offer], list[str]]:
-    """The active ad accounts the token may read, every page, sorted by name; and notes for the
-    person (accounts left out)."""
+    """The ad accounts the token may read that are neither disabled nor closed, every page, sorted
+    by name; and notes for the person (accounts left out)."""
     offers: list[Offer] = []
     inactive = 0
     truncated = False
@@ -147,7 +151,7 @@ def meta_ad_accounts(*, access_token: str) -> tuple[list[Offer], list[str]]:
                 number = account_number(str(item.get("account_id") or item.get("id") or ""))
                 if not number:
                     continue
-                if str(item.get("account_status", ACTIVE)) != str(ACTIVE):
+                if _status(item.get("account_status")) in EXCLUDED_STATUSES:
                     inactive += 1
                     continue
                 offers.append(_offer(number, item))
@@ -169,6 +173,14 @@ def meta_ad_accounts(*, access_token: str) -> tuple[list[Offer], list[str]]:
         notes.append(f"This Meta login reaches more ad accounts than we list; only the first {len(offers)} are shown.")
     offers.sort(key=lambda o: (o.account.name.lower(), o.account.external_account_id))
     return offers, notes
+
+
+def _status(value: object) -> int | None:
+    """account_status as a number (Meta sends an integer); None when absent or unreadable."""
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _offer(number: str, item: dict) -> Offer:

@@ -880,3 +880,59 @@ def test_admin_adding_a_meta_connection_with_a_token(admin_browser, workspace):
         SyncStatus.IDLE,
         NOW,
     )
+
+
+@pytest.mark.django_db
+def test_an_absurd_expires_in_connects_with_an_unknown_expiry(browser, graph, caplog):
+    graph.long_lived = {SHORT: (LONG, 10**12)}
+
+    connect(browser, ["111"])
+
+    assert meta_connections().get().credentials_expires_at is None
+    assert f"Meta sent an unreadable expires_in {10**12!r}" in caplog.text
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("status", "offered"),
+    [
+        (1, True),  # active
+        (3, True),  # unsettled: still reports insights
+        (7, True),  # pending risk review
+        (8, True),  # pending settlement
+        (9, True),  # in grace period
+        (100, True),  # pending closure
+        (201, True),  # any active
+        ("3", True),
+        (None, True),
+        (2, False),  # disabled
+        (101, False),  # closed
+        (202, False),  # any closed
+        ("101", False),
+    ],
+    ids=lambda value: repr(value) if not isinstance(value, bool) else ("offered" if value else "left-out"),
+)
+def test_only_disabled_and_closed_accounts_are_left_out(browser, graph, status, offered):
+    account = {"account_id": "777", "name": "Shop Seven", "currency": "USD", "timezone_name": "UTC"}
+    if status is not None:
+        account["account_status"] = status
+    graph.ad_accounts = {LONG: [account, ACCOUNTS[0]]}
+
+    browser.get(consent(browser))
+    html = browser.get("/connect/meta/choose").content.decode()
+
+    assert "Shop US" in html
+    assert ("Shop Seven" in html) is offered
+    assert ("1 ad account that Meta reports as disabled or closed is not listed." in html) is not offered
+
+
+@pytest.mark.django_db
+def test_an_unsettled_account_can_be_connected(browser, graph):
+    graph.ad_accounts = {LONG: [{**ACCOUNTS[0], "account_status": 3}, ACCOUNTS[3]]}
+
+    connect(browser, ["111"])
+
+    assert [c.external_account_id for c in meta_connections()] == ["111"]
+    response = browser.post("/connect/meta/choose", {"accounts": ["444"]})
+    assert not meta_connections().filter(external_account_id="444").exists()
+    assert response.status_code in (302, 400)

@@ -26,13 +26,23 @@ from syncing.budget import CallMeter, budget_try_spend
 from syncing.dispatcher import connections_claim_due
 from syncing.models import ApiCallBucket, DailyMetric, SyncRun
 from syncing.providers import PROVIDERS, provider_for
-from syncing.providers.base import decimal_exact
+from syncing.providers.base import ThrottledError, TransientProviderError, decimal_exact
 from syncing.providers.meta import RECONNECT_MESSAGE, MetaProvider
 from syncing.runner import connection_sync_run
 from syncing.services import connection_enqueue_sync
 from syncing.tasks import sync_connection
 from tests.conftest import ROOT
-from tests.fakes.graph import TOO_MUCH_DATA_MESSAGE, Answer, FakeGraph, buc_usage, graph_error, html_502, insight
+from tests.fakes.graph import (
+    TOO_MUCH_DATA_MESSAGE,
+    Answer,
+    FakeGraph,
+    buc_usage,
+    graph_error,
+    html_502,
+    html_page,
+    insight,
+    too_much_data,
+)
 
 TOKEN = "EAAGm0PX4ZCpsBA-secret-user-token"
 ACCOUNT = "1234567890"
@@ -323,9 +333,15 @@ def test_a_restatement_meta_refuses_in_one_request_is_fetched_in_weekly_chunks(g
     assert (connection.last_restated_at, last_run(connection).rows_written) == (NOW, 58)
 
 
+# The shapes Meta's "Please reduce the amount of data" comes in (see tests.fakes.graph.too_much_data).
+TOO_MUCH_DATA_SHAPES = ["1", "1/1487534", "100/1487534"]
+
+
 @pytest.mark.django_db
-def test_a_chunk_meta_still_refuses_is_halved_newest_first(graph, meta):
+@pytest.mark.parametrize("shape", TOO_MUCH_DATA_SHAPES)
+def test_a_chunk_meta_still_refuses_is_halved_newest_first(graph, meta, shape):
     graph.max_days = 2
+    graph.too_much_data_shape = shape
     graph.insights[ACCOUNT] = two_days(1, days=lookback_days(), spend="1.00")
     connection = meta()
 
@@ -355,8 +371,10 @@ def test_a_chunk_meta_still_refuses_is_halved_newest_first(graph, meta):
 
 
 @pytest.mark.django_db
-def test_a_single_day_meta_refuses_is_a_permanent_error_with_its_message(graph, meta):
+@pytest.mark.parametrize("shape", TOO_MUCH_DATA_SHAPES)
+def test_a_single_day_meta_refuses_is_a_permanent_error_with_its_message(graph, meta, shape):
     graph.max_days = 0
+    graph.too_much_data_shape = shape
     graph.insights[ACCOUNT] = two_days(days=lookback_days())
     connection = meta(sync_frequency=SyncFrequency.HOURLY)
 
@@ -369,7 +387,8 @@ def test_a_single_day_meta_refuses_is_a_permanent_error_with_its_message(graph, 
     ]
     assert (connection.last_sync_error_kind, connection.last_sync_error) == (
         "permanent",
-        f"Meta cannot return even one day of insights for this ad account (#1): {TOO_MUCH_DATA_MESSAGE}",
+        f"Meta cannot return even one day of insights for this ad account (#{shape.split('/')[0]}): "
+        f"{TOO_MUCH_DATA_MESSAGE}",
     )
     assert (last_run(connection).api_calls, calls_counted()) == (3, 3)
     assert DailyMetric.objects.filter(connection=connection).count() == 0
@@ -378,6 +397,28 @@ def test_a_single_day_meta_refuses_is_a_permanent_error_with_its_message(graph, 
     graph.max_days = 2
     assert sync(connection, NOW + timedelta(hours=1)) == "success"
     assert ranges(graph.insights_requests(ACCOUNT))[-1] == ("2026-11-27", "2026-11-28")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("shape", TOO_MUCH_DATA_SHAPES)
+def test_too_much_data_in_each_shape_halves_the_chunk_in_fetch(graph, meta, shape):
+    graph.insights[ACCOUNT] = two_days(2, days=lookback_days(4), spend="1.00")
+    graph.script(too_much_data(shape))
+    meter = CallMeter(MetaProvider().budgets(external_account_id=ACCOUNT), clock=lambda: NOW)
+
+    result = MetaProvider().fetch(
+        connection=meta(), since=date(2026, 11, 25), until=date(2026, 11, 28), now=NOW, meter=meter
+    )
+
+    assert ranges(graph.insights_requests(ACCOUNT)) == [
+        ("2026-11-25", "2026-11-28"),  # refused
+        ("2026-11-27", "2026-11-28"),
+        ("2026-11-25", "2026-11-26"),
+    ]
+    assert sorted((r.entity_id, r.date.isoformat()) for r in result.rows) == sorted(
+        (f"c{n}", day) for n in (1, 2) for day in lookback_days(4)
+    )
+    assert meter.calls == calls_counted() == 3
 
 
 @pytest.mark.django_db
@@ -640,10 +681,15 @@ def test_json_of_an_unexpected_shape_is_permanent(graph, meta):
         graph_error(2, "An unexpected error has occurred. Please retry your request later.", is_transient=True),
         # Meta's "unknown error" (code 1 without the "reduce the amount of data" subcode).
         graph_error(1, "An unknown error occurred", status=500),
-        # HTML where JSON belongs: the SDK raises FacebookBadObjectError, not FacebookRequestError.
+        # HTML where JSON belongs, which the SDK would take for a success.
         Answer(200, "<html><body>Sorry, something went wrong.</body></html>", content_type="text/html"),
+        html_page(403, "403 Forbidden"),
+        # "success" in the page: the SDK would index the text with it (a TypeError).
+        html_page(200, "Login successful"),
+        Answer(200, ""),
+        Answer(200, "[]"),
     ],
-    ids=["html-502", "is-transient", "http-500", "html-200"],
+    ids=["html-502", "is-transient", "http-500", "html-200", "html-403", "html-200-success", "empty-200", "list"],
 )
 def test_transient_errors_are_retried_within_the_budget(graph, meta, failure):
     graph.insights[ACCOUNT] = two_days(spend="2.00")
@@ -661,6 +707,57 @@ def test_transient_errors_are_retried_within_the_budget(graph, meta, failure):
     assert len(graph.insights_requests(ACCOUNT)) == 3
     assert ApiCallBucket.objects.filter(key=f"meta:{ACCOUNT}").aggregate(s=Sum("calls"))["s"] == 3
     assert DailyMetric.objects.filter(connection=connection).count() == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("answer", "error", "message"),
+    [
+        (
+            html_page(403, "403 Forbidden"),
+            TransientProviderError,
+            "Meta sent a response that could not be read (HTTP 403).",
+        ),
+        (html_page(200, "Sorry"), TransientProviderError, "Meta sent a response that could not be read (HTTP 200)."),
+        (html_page(429, "Too Many Requests"), ThrottledError, "Meta is rate limiting this ad account (HTTP 429)."),
+        (html_page(503, "Service Unavailable"), TransientProviderError, "Meta is temporarily unavailable (HTTP 503)."),
+    ],
+    ids=["html-403", "html-200", "html-429", "html-503"],
+)
+def test_a_body_that_is_not_json_is_a_provider_error_with_a_short_message(
+    graph, meta, settings, answer, error, message
+):
+    settings.META_PAUSE_MINUTES = 7
+    graph.insights[ACCOUNT] = two_days()
+    graph.script(answer)
+    meter = CallMeter(MetaProvider().budgets(external_account_id=ACCOUNT), clock=lambda: NOW)
+
+    with pytest.raises(error) as raised:
+        MetaProvider().fetch(
+            connection=meta(), since=date(2026, 11, 27), until=date(2026, 11, 28), now=NOW, meter=meter
+        )
+
+    assert type(raised.value) is error
+    assert str(raised.value) == message
+    assert raised.value.__cause__ is None
+    assert raised.value.__context__ is None
+    if error is ThrottledError:
+        assert raised.value.until == NOW + timedelta(minutes=7)
+    assert meter.calls == calls_counted() == 1
+
+
+@pytest.mark.django_db
+def test_an_html_429_defers_the_connection_for_the_pause(graph, meta):
+    graph.script(html_page(429, "Too Many Requests"))
+    connection = restated(meta(sync_frequency=SyncFrequency.REALTIME))
+
+    assert sync(connection) == "rate_limited"
+
+    until = NOW + timedelta(minutes=5)
+    assert (connection.sync_status, connection.last_sync_error, connection.rate_limited_until) == ("idle", None, until)
+    run = last_run(connection)
+    assert (run.outcome, run.error_class, run.api_calls) == ("rate_limited", "throttled", 1)
+    assert run.error_message == "Meta is rate limiting this ad account (HTTP 429)."
 
 
 @pytest.mark.django_db

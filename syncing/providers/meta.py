@@ -6,9 +6,14 @@ the real graph.facebook.com. Every HTTP call the SDK makes (the first page and e
 page) goes through _MeteredApi.call, which takes one call from the ad account's budget first.
 
 A window longer than CHUNK_DAYS (a restatement) is fetched in chunks, newest first: Meta
-refuses large requests for busy accounts with 1/1487534 ("Please reduce the amount of data
-you're asking for"), which no retry fixes. A chunk Meta still refuses is halved, down to a single
-day; a single day refused is a PermanentError with Meta's message.
+refuses large requests for busy accounts with "Please reduce the amount of data you're asking
+for, then retry your request" (code 1, usually with no subcode and HTTP 500; sometimes 1 or 100
+with subcode 1487534), which no retry fixes. A chunk Meta still refuses is halved, down to a
+single day; a single day refused is a PermanentError with Meta's message.
+
+An answer whose body is not a JSON object (an HTML page from a proxy in front of Meta) is
+refused as soon as it arrives, before the SDK takes it for a success: 429 is a throttle, anything
+else a transient error.
 
 Meta reports days in the ad account's own time zone; the connection stores that zone, and the
 sync window (today and yesterday, or the lookback on a restatement) is computed in it.
@@ -82,8 +87,11 @@ PERMISSION_CODES = frozenset({10, *range(200, 300)})
 # Meta's "unknown error" and "service temporarily unavailable", which it says to retry.
 RETRY_CODES = frozenset({1, 2})
 # "Please reduce the amount of data you're asking for, then retry your request": asking again
-# for the same range gets the same answer; a smaller range may succeed.
-TOO_MUCH_DATA = (1, 1487534)
+# for the same range gets the same answer; a smaller range may succeed. Meta sends it as code 1
+# with no subcode (HTTP 500), or as code 1 or 100 with subcode 1487534.
+TOO_MUCH_DATA_CODES = frozenset({1, 100})
+TOO_MUCH_DATA_SUBCODE = 1487534
+TOO_MUCH_DATA_TEXT = "reduce the amount of data"
 
 USAGE_HEADERS = ("x-business-use-case-usage", "x-ad-account-usage", "x-fb-ads-insights-throttle")
 _PERCENT_KEYS = ("call_count", "total_cputime", "total_time", "acc_id_util_pct", "app_id_util_pct")
@@ -106,9 +114,12 @@ def action_types(option: object) -> list[str]:
 class _MeteredApi(FacebookAdsApi):
     """Takes one call from the budget before every HTTP request and keeps each response's headers."""
 
-    def __init__(self, session: FacebookSession, *, api_version: str, meter):
+    def __init__(self, session: FacebookSession, *, api_version: str, meter, now: datetime):
         super().__init__(session, api_version=api_version)
         self._meter = meter
+        self._now = now
+        # Every answer passes _refuse_unreadable before the SDK reads it.
+        session.requests.hooks["response"].append(self._refuse_unreadable)
         self.response_headers: list[Mapping[str, str]] = []
         # The last answer the SDK took for a success: (HTTP status, whether its body is a JSON
         # object), or None before the first. Tells a garbled answer from a request the SDK
@@ -124,10 +135,29 @@ class _MeteredApi(FacebookAdsApi):
         # FacebookResponse.json() returns the raw text when the body is not JSON.
         self.last_answer = (status, isinstance(response.json(), dict))
         if status >= 500:
-            # An HTML 502 from a proxy in front of Meta passes the SDK's success check (it is
-            # not JSON and not "Service Unavailable") and would fail later as a bad object.
+            # A JSON object without an "error" that the SDK took for a success: not one.
             raise TransientProviderError(f"Meta is temporarily unavailable (HTTP {status}).")
         return response
+
+    def _refuse_unreadable(self, response: requests.Response, *args, **kwargs) -> None:
+        """Raise for an answer whose body is not a JSON object (a proxy's HTML page, an empty body).
+
+        The SDK takes a non-empty body that is not JSON for a success (the cursor then fails on
+        it with a TypeError), or trips over it itself. The message never holds the body or URL.
+        """
+        try:
+            body = json.loads(response.text)
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            return
+        status = response.status_code
+        if status == 429:
+            until = self._now + timedelta(minutes=settings.META_PAUSE_MINUTES)
+            raise ThrottledError(f"Meta is rate limiting this ad account (HTTP {status}).", until=until)
+        if status >= 500:
+            raise TransientProviderError(f"Meta is temporarily unavailable (HTTP {status}).")
+        raise TransientProviderError(f"Meta sent a response that could not be read (HTTP {status}).")
 
 
 def _session(access_token: str) -> FacebookSession:
@@ -163,7 +193,7 @@ class MetaProvider:
             raise AuthError(RECONNECT_MESSAGE)
         preferred = action_types((connection.provider_options or {}).get("action_type"))
         session = _session(token)
-        api = _MeteredApi(session, api_version=settings.META_API_VERSION, meter=meter)
+        api = _MeteredApi(session, api_version=settings.META_API_VERSION, meter=meter, now=now)
         account = AdAccount(f"act_{account_number(connection.external_account_id)}", api=api)
         rows: list[MetricRow] = []
         error: ProviderError | None = None
@@ -222,9 +252,17 @@ def _insights(account: AdAccount, since: date, until: date, preferred: list[str]
         # Iterating loads each further page through _MeteredApi.call.
         return [_row(item.export_all_data(), preferred, currency) for item in cursor]
     except FacebookRequestError as exc:
-        if (exc.api_error_code(), exc.api_error_subcode()) == TOO_MUCH_DATA and since < until:
+        if _too_much_data(exc) and since < until:
             return None
         raise
+
+
+def _too_much_data(exc: FacebookRequestError) -> bool:
+    """Whether Meta refused the request as too much data at once (see TOO_MUCH_DATA_CODES)."""
+    code, subcode = exc.api_error_code(), exc.api_error_subcode()
+    if code in TOO_MUCH_DATA_CODES and subcode == TOO_MUCH_DATA_SUBCODE:
+        return True
+    return code == 1 and TOO_MUCH_DATA_TEXT in str(exc.api_error_message() or "").lower()
 
 
 def _scrub(text: str, token: str) -> str:
@@ -248,7 +286,7 @@ def _request_error(exc: FacebookRequestError, now: datetime) -> ProviderError:
     status = exc.http_status() or 0
     label = f"#{code}" if code is not None else f"HTTP {status}"
     message = _CODE_PREFIX.sub("", redact(exc.api_error_message() or "")) or "no message"
-    if (code, subcode) == TOO_MUCH_DATA:
+    if _too_much_data(exc):
         # Even a single day was too much (fetch splits larger ranges first).
         return PermanentError(f"Meta cannot return even one day of insights for this ad account ({label}): {message}")
     if code in THROTTLE_CODES:

@@ -5,8 +5,9 @@ It serves what AdSync calls, the way Meta answers it:
 - GET /<version>/act_<id>/insights: campaign rows of the account filtered by `time_range`, in
   pages of `limit` (or `page_size`), with `paging.cursors.after` and `paging.next` while more
   rows remain; the usage headers in `usage_headers` on every answer. A `time_range` longer than
-  `max_days` days is refused, every time, with 1/1487534 ("Please reduce the amount of data"),
-  as Meta refuses large requests for busy accounts.
+  `max_days` days is refused, every time, with "Please reduce the amount of data", as Meta
+  refuses large requests for busy accounts, in the shape `too_much_data_shape` names (see
+  too_much_data()).
 - GET /<version>/dialog/oauth: the OAuth dialog, which consents at once: it redirects to the
   redirect_uri with `dialog_code` and the state, and remembers that redirect_uri for the code.
 - GET /<version>/oauth/access_token: the code exchange (each code works once, and only with the
@@ -73,6 +74,29 @@ def graph_error(
     return Answer(status, json.dumps({"error": error}), headers or {})
 
 
+def too_much_data(shape: str = "1/1487534") -> Answer:
+    """Meta's "Please reduce the amount of data you're asking for", in the shapes it is seen in:
+
+    - "1": HTTP 500, code 1 and no subcode, nothing else in the error (the usual one; see
+      facebook-python-business-sdk#470, singer-io/tap-facebook#65);
+    - "1/1487534": HTTP 500, code 1 with subcode 1487534;
+    - "100/1487534": HTTP 400, code 100 with subcode 1487534.
+    """
+    if shape == "1":
+        return Answer(500, json.dumps({"error": {"code": 1, "message": TOO_MUCH_DATA_MESSAGE}}))
+    if shape == "1/1487534":
+        return graph_error(1, TOO_MUCH_DATA_MESSAGE, subcode=1487534, status=500)
+    if shape == "100/1487534":
+        return graph_error(100, TOO_MUCH_DATA_MESSAGE, subcode=1487534, status=400)
+    raise ValueError(f"unknown too-much-data shape {shape!r}")
+
+
+def html_page(status: int, title: str = "Error") -> Answer:
+    """An HTML page where JSON belongs, as a proxy in front of Meta sends one."""
+    body = f"<html><head><title>{title}</title></head><body><h1>{title}</h1></body></html>"
+    return Answer(status, body, content_type="text/html")
+
+
 def html_502() -> Answer:
     """What a load balancer in front of Meta sends now and then: HTML, not JSON."""
     body = "<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>"
@@ -116,6 +140,8 @@ class FakeGraph:
         self.page_size: int | None = None
         # The most days one insights request may span; None: any.
         self.max_days: int | None = None
+        # How a request over max_days is refused: a shape too_much_data() knows.
+        self.too_much_data_shape = "1/1487534"
         self.usage_headers: dict[str, str] = {}
         # Tokens the API accepts; None accepts any.
         self.valid_tokens: set[str] | None = None
@@ -249,7 +275,7 @@ class FakeGraph:
         window = json.loads(params["time_range"])
         days = (date.fromisoformat(window["until"]) - date.fromisoformat(window["since"])).days + 1
         if self.max_days is not None and days > self.max_days:
-            return graph_error(1, TOO_MUCH_DATA_MESSAGE, subcode=1487534, status=500, error_type="OAuthException")
+            return too_much_data(self.too_much_data_shape)
         rows = [
             row for row in self.insights.get(account, []) if window["since"] <= row["date_start"] <= window["until"]
         ]
