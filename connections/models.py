@@ -106,6 +106,9 @@ class Connection(models.Model):
     timezone = models.CharField(max_length=64, default="UTC")
     credentials = EncryptedJSONField()
     credentials_expires_at = models.DateTimeField(null=True, blank=True)
+    # When the credentials were last replaced (a reconnect): a sync that started with older ones
+    # and fails on expired access must not undo the reconnect (syncing.services.sync_fail).
+    credentials_updated_at = models.DateTimeField(null=True, blank=True)
     # How many days back a restatement sync re-fetches; null means the provider's default.
     lookback_days = models.PositiveSmallIntegerField(null=True, blank=True)
     provider_options = models.JSONField(default=dict, blank=True)

@@ -135,7 +135,9 @@ def connection_credentials_replace(
             public_id=connection.public_id,
             now=now,
         )
-        Connection.objects.filter(pk=connection.pk).update(credentials=credentials, credentials_expires_at=expires_at)
+        Connection.objects.filter(pk=connection.pk).update(
+            credentials=credentials, credentials_expires_at=expires_at, credentials_updated_at=now
+        )
         Connection.objects.filter(
             pk=connection.pk, sync_status=SyncStatus.ERROR, last_sync_error_kind=AUTH_ERROR_KIND
         ).update(

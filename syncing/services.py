@@ -80,6 +80,8 @@ class StartedSync:
     restatement: bool
     # next_sync_at as it was before this start moved it on: put back if the job is retried.
     slot: datetime | None
+    # Which credentials this attempt runs with (their last replacement time).
+    credentials_version: datetime | None = None
 
 
 # --- enqueue ----------------------------------------------------------------------------------
@@ -216,7 +218,17 @@ def sync_start(*, connection_id: int, job_id: uuid.UUID, now: datetime) -> Start
         conn.last_sync_attempted_at = now
         conn.total_syncs_attempted += 1
         conn.next_sync_at = next_at
-        return StartedSync(conn, run, job_id, now, since, until, restatement, slot=slot)
+        return StartedSync(
+            conn,
+            run,
+            job_id,
+            now,
+            since,
+            until,
+            restatement,
+            slot=slot,
+            credentials_version=conn.credentials_updated_at,
+        )
     return None
 
 
@@ -297,7 +309,17 @@ def sync_fail(*, started: StartedSync, error: ProviderError, now: datetime, api_
     if started.restatement and error.error_class == PermanentError.error_class:
         changes["last_restated_at"] = started.started_at
     with transaction.atomic():
-        if _mine(started).update(**changes) != 1:
+        mine = _mine(started)
+        if error.error_class == AUTH_ERROR_KIND:
+            # Only if nobody reconnected while this attempt ran with the old credentials; if
+            # somebody did, the failure says nothing about the new ones: back to idle, on schedule.
+            mine = mine.filter(credentials_updated_at=started.credentials_version)
+            if not mine.update(**changes):
+                if _mine(started).update(sync_status=SyncStatus.IDLE) != 1:
+                    return False
+                _run_close(started, SyncOutcome.ERROR, error, now, api_calls)
+                return True
+        elif mine.update(**changes) != 1:
             return False
         _run_close(started, SyncOutcome.ERROR, error, now, api_calls)
     return True

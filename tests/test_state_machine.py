@@ -633,3 +633,22 @@ def test_a_retry_after_switching_to_manual_stays_unscheduled(make_connection):
 
     connection = reload(connection)
     assert (connection.sync_status, connection.sync_frequency, connection.next_sync_at) == ("queued", "manual", None)
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_expired_access_from_before_a_reconnect_does_not_undo_it(make_connection):
+    from connections.services import connection_credentials_replace
+
+    connection = make_connection(sync_frequency=SyncFrequency.REALTIME, credentials={"access_token": "old"}, now=NOW)
+    started = started_sync(connection)  # runs with the old token
+    connection_credentials_replace(
+        connection=connection, credentials={"access_token": "new"}, expires_at=None, now=NOW + timedelta(seconds=1)
+    )
+
+    assert sync_fail(started=started, error=AuthError("Meta access expired — reconnect the account"), now=NOW) is True
+
+    connection = reload(connection)
+    assert (connection.sync_status, connection.last_sync_error, connection.last_sync_error_kind) == ("idle", None, "")
+    assert connection.next_sync_at is not None
+    assert SyncRun.objects.get().outcome == SyncOutcome.ERROR
