@@ -32,6 +32,21 @@ class WorkspaceAdmin(admin.ModelAdmin):
     inlines = [MembershipInline]
 
 
+# Model fields an existing connection's admin form may change; the sync state is read-only, and
+# the frequency is set only when adding (later through the Settings page, API or actions, which
+# recompute next_sync_at).
+EDITABLE_FIELDS = [
+    "workspace",
+    "provider",
+    "external_account_id",
+    "name",
+    "currency",
+    "timezone",
+    "lookback_days",
+    "provider_options",
+]
+
+
 class ConnectionAdminForm(forms.ModelForm):
     # Write-only: the stored token is never shown (credentials is not an editable field).
     meta_access_token = forms.CharField(
@@ -43,18 +58,7 @@ class ConnectionAdminForm(forms.ModelForm):
 
     class Meta:
         model = Connection
-        # The admin narrows this to ConnectionAdmin.fields.
-        fields = [
-            "workspace",
-            "provider",
-            "external_account_id",
-            "name",
-            "currency",
-            "timezone",
-            "lookback_days",
-            "provider_options",
-            "sync_frequency",
-        ]
+        fields = [*EDITABLE_FIELDS, "sync_frequency"]
 
     def clean(self):
         cleaned = super().clean()
@@ -100,20 +104,7 @@ class ConnectionAdmin(admin.ModelAdmin):
         "last_sync_error",
         "created_at",
     ]
-    fields = [
-        "public_id",
-        "workspace",
-        "provider",
-        "external_account_id",
-        "name",
-        "currency",
-        "timezone",
-        "lookback_days",
-        "provider_options",
-        "meta_access_token",
-        "sync_frequency",
-        *readonly_fields[1:],
-    ]
+    fields = ["public_id", *EDITABLE_FIELDS, "meta_access_token", "sync_frequency", *readonly_fields[1:]]
 
     def save_model(self, request, obj, form, change):
         now = timezone.now()
@@ -130,7 +121,7 @@ class ConnectionAdmin(admin.ModelAdmin):
         if change:
             # Only what the form edits: a full-row save would write back the sync state as it was
             # read when the page opened, over whatever the worker changed since.
-            edited = [name for name in form.changed_data if name in self.editable_fields]
+            edited = [name for name in form.changed_data if name in EDITABLE_FIELDS]
             if edited:
                 obj.save(update_fields=edited)
         else:
@@ -140,18 +131,6 @@ class ConnectionAdmin(admin.ModelAdmin):
             connection_credentials_replace(
                 connection=obj, credentials={"access_token": token}, expires_at=None, now=now
             )
-
-    # Model fields an existing connection's admin form may change (the rest is read-only).
-    editable_fields = (
-        "workspace",
-        "provider",
-        "external_account_id",
-        "name",
-        "currency",
-        "timezone",
-        "lookback_days",
-        "provider_options",
-    )
 
     def get_readonly_fields(self, request, obj=None):
         # The frequency is changed with the Settings page, the API or the actions, which
