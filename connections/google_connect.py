@@ -27,6 +27,7 @@ from connections.models import Provider
 from connections.services import ConnectAccount
 from syncing.providers.base import ProviderError, ThrottledError
 from syncing.providers.google import ADWORDS_SCOPE, customer_id_format, google_customers_accessible
+from syncing.providers.google_customers import InstallationRefused, NoAdsAccounts
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +99,17 @@ def google_code_exchange(*, code: str, redirect_uri: str) -> dict:
     return body
 
 
-def google_accounts(*, access_token: str, now: datetime) -> list[Offer]:
-    """The client accounts the user can reach, or ConnectError saying why not."""
+def google_accounts(*, access_token: str, now: datetime) -> tuple[list[Offer], list[str]]:
+    """The client accounts the user can reach and notes for the person (accounts Google refused
+    on their own, left out), or ConnectError saying why not."""
+    notes: list[str] = []
     try:
-        customers = google_customers_accessible(access_token=access_token, clock=lambda: now)
+        customers = google_customers_accessible(access_token=access_token, clock=lambda: now, skipped=notes)
+    except InstallationRefused as exc:
+        logger.error("Google Ads refused this installation: %s", exc.message)
+        raise ConnectError(f"{exc.message} Tell an administrator; reconnecting will not help.", status=502) from None
+    except NoAdsAccounts as exc:
+        raise ConnectError(exc.message, status=400) from None
     except ThrottledError as exc:
         raise ConnectError(f"{exc.message} Please try again later.", status=503) from None
     except ProviderError as exc:
@@ -132,14 +140,14 @@ def google_accounts(*, access_token: str, now: datetime) -> list[Offer]:
         if customer.login_customer_id:
             hint += f" · through manager {customer_id_format(customer.login_customer_id)}"
         offers.append(Offer(account=account, hint=hint))
-    return offers
+    return offers, notes
 
 
 def google_sign_in(*, code: str, redirect_uri: str, now: datetime) -> SignIn:
     tokens = google_code_exchange(code=code, redirect_uri=redirect_uri)
-    offers = google_accounts(access_token=tokens["access_token"], now=now)
+    offers, notes = google_accounts(access_token=tokens["access_token"], now=now)
     # Refresh tokens do not expire on a date; Google revokes them (then syncs ask to reconnect).
-    return SignIn(credentials={"refresh_token": tokens["refresh_token"]}, expires_at=None, offers=offers)
+    return SignIn(credentials={"refresh_token": tokens["refresh_token"]}, expires_at=None, offers=offers, notes=notes)
 
 
 # --- views -----------------------------------------------------------------------------------------

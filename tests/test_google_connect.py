@@ -3,9 +3,11 @@ then the real google-ads SDK listing the accounts from a fake Google Ads API on 
 
 from __future__ import annotations
 
+import html as html_text
 import logging
 from urllib.parse import parse_qs, urlsplit
 
+import grpc
 import httpx
 import pytest
 from cryptography.fernet import Fernet
@@ -23,7 +25,16 @@ from syncing.models import SyncOutcome
 from syncing.providers.google import RECONNECT_MESSAGE, access_tokens, app_budget
 from syncing.runner import connection_sync_run
 from syncing.services import connection_enqueue_sync
-from tests.fakes.google_ads import Account, CampaignDay, google_fakes_running, resource_exhausted
+from tests.fakes.google_ads import (
+    Account,
+    CampaignDay,
+    ads_failure,
+    developer_token_not_approved,
+    google_fakes_running,
+    not_ads_user,
+    resource_exhausted,
+    user_permission_denied,
+)
 from tests.test_views import parse
 
 pytestmark = pytest.mark.django_db
@@ -421,11 +432,113 @@ def test_an_accessible_customer_the_user_cannot_read_is_left_out(signed_in, goog
     html = signed_in.get("/connect/google/choose").content.decode()
 
     assert "Shop DE" in html
-    assert "999-999-9999" not in html
     assert [(c.method, c.customer_id) for c in google.ads.calls[1:]] == [
         ("SearchStream", "1111111111"),
         ("SearchStream", "9999999999"),
     ]
+    [note] = parse(html).find_all("p", class_="message-warning")
+    assert note.text() == (
+        "Google Ads account 999-999-9999 is not listed: User doesn't have permission to access customer. "
+        "(request id req-permission)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (user_permission_denied(), "User doesn't have permission to access customer. (request id req-permission)"),
+        (
+            ads_failure(
+                "authorization_error",
+                "CUSTOMER_NOT_ENABLED",
+                "The customer account can't be accessed because it is not yet enabled or has been deactivated.",
+                status=grpc.StatusCode.PERMISSION_DENIED,
+                request_id="req-not-enabled",
+            ),
+            "The customer account can't be accessed because it is not yet enabled or has been deactivated. "
+            "(request id req-not-enabled)",
+        ),
+    ],
+)
+def test_a_customer_google_refuses_on_its_own_is_skipped_with_a_note_and_the_others_offered(
+    signed_in, google, workspace, failure, reason
+):
+    google.ads.refuse_customer("2222222222", failure)
+
+    callback = back_from_google(signed_in, consent(signed_in, google))
+    page = signed_in.get("/connect/google/choose")
+
+    assert (callback.status_code, callback["Location"]) == (302, "/connect/google/choose")
+    document = parse(page.content)
+    assert [label.text().split()[:2] for label in document.find_all("label", class_="account-choice")] == [
+        ["Shop", "DE"]
+    ]
+    assert "Client US" not in page.content.decode()  # reached only through the refused manager
+    assert [note.text() for note in document.find_all("p", class_="message-warning")] == [
+        f"Google Ads account 222-222-2222 is not listed: {reason}"
+    ]
+    assert "Ask an admin" not in page.content.decode()
+    done = signed_in.post("/connect/google/choose", {"workspace": str(workspace.public_id), "accounts": ["1111111111"]})
+    assert done.status_code == 302
+    assert [c.external_account_id for c in Connection.objects.filter(provider="google")] == ["1111111111"]
+
+
+@pytest.mark.parametrize("refused", [["1111111111", "2222222222"], ["2222222222"]])
+def test_a_developer_token_google_has_not_approved_is_an_error_page_with_googles_message(
+    signed_in, google, caplog, refused
+):
+    # Test access only: ListAccessibleCustomers answers, every production account is refused.
+    for customer_id in refused:
+        google.ads.refuse_customer(customer_id, developer_token_not_approved())
+
+    response = back_from_google(signed_in, consent(signed_in, google))
+
+    assert response.status_code == 502
+    page = html_text.unescape(response.content.decode())
+    assert (
+        "Google refused this installation's developer token: The developer token is only approved for use with "
+        "test accounts. To access non-test accounts, apply for Basic or Standard access. (request id "
+        "req-token-test-only) Tell an administrator; reconnecting will not help." in page
+    )
+    assert "Ask an admin" not in page
+    assert PENDING_KEY not in signed_in.session
+    assert "Google Ads refused this installation" in caplog.text
+
+
+def test_a_cloud_project_google_refuses_is_an_error_page_with_googles_message(signed_in, google):
+    google.ads.fail_next(
+        ads_failure(
+            "authorization_error",
+            "PROJECT_DISABLED",
+            "The Google Cloud project sent in the request is disabled.",
+            status=grpc.StatusCode.PERMISSION_DENIED,
+            request_id="req-project",
+        )
+    )
+
+    response = back_from_google(signed_in, consent(signed_in, google))
+
+    assert response.status_code == 502
+    assert (
+        "Google refused this installation's access to the Google Ads API: The Google Cloud project sent in the "
+        "request is disabled. (request id req-project)" in html_text.unescape(response.content.decode())
+    )
+
+
+def test_a_google_login_without_google_ads_says_so_instead_of_reconnect(signed_in, google):
+    google.ads.fail_next(not_ads_user())  # on ListAccessibleCustomers
+
+    response = back_from_google(signed_in, consent(signed_in, google))
+
+    assert response.status_code == 400
+    page = html_text.unescape(response.content.decode())
+    assert (
+        "This Google login has no Google Ads accounts. Sign in with the Google account that has access to "
+        "Google Ads." in page
+    )
+    assert RECONNECT_MESSAGE not in page
+    assert [c.method for c in google.ads.calls] == ["ListAccessibleCustomers"]
+    assert PENDING_KEY not in signed_in.session
 
 
 def test_unknown_time_zones_and_long_names_are_made_safe(signed_in, google, workspace, caplog):

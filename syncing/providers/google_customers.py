@@ -9,8 +9,14 @@ from django.conf import settings
 from django.utils import timezone
 
 from syncing.budget import CallMeter
-from syncing.providers.base import AuthError, PermanentError
-from syncing.providers.google_errors import google_error
+from syncing.providers.base import PermanentError, ProviderError
+from syncing.providers.google_errors import (
+    DEVELOPER_TOKEN_REFUSED,
+    INSTALLATION_REFUSED,
+    ONE_CUSTOMER_ONLY,
+    google_error,
+    google_failure,
+)
 from syncing.providers.google_sdk import (
     app_budget,
     call_metadata,
@@ -31,6 +37,18 @@ WHERE customer_client.level <= 1
 """
 # Client accounts not offered when connecting.
 CLOSED_STATUSES = {"CANCELED", "SUSPENDED", "CLOSED"}
+NOT_ADS_USER_MESSAGE = (
+    "This Google login has no Google Ads accounts. Sign in with the Google account that has access to Google Ads."
+)
+
+
+class InstallationRefused(PermanentError):
+    """Google refuses this installation (its developer token, Cloud project or organization) for
+    every account: only an administrator can fix it, so no account is offered."""
+
+
+class NoAdsAccounts(PermanentError):
+    """The Google login is not a Google Ads user at all (NOT_ADS_USER)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +61,16 @@ class GoogleCustomer:
     login_customer_id: str | None
 
 
-def google_customers_accessible(*, access_token: str, clock=timezone.now) -> list[GoogleCustomer]:
+def google_customers_accessible(
+    *, access_token: str, clock=timezone.now, skipped: list[str] | None = None
+) -> list[GoogleCustomer]:
     """The client accounts this user can sync: each accessible account and, for a manager, its
     direct client accounts. Manager accounts themselves have no campaigns and are left out.
+
+    An accessible account Google refuses on its own (no permission, not enabled, not found) is
+    left out, and why is appended to `skipped` when given. Anything else fails the listing:
+    InstallationRefused when Google refuses the installation, NoAdsAccounts when the login has
+    no Google Ads account, else the provider error.
 
     One ListAccessibleCustomers call and one GAQL query per accessible account, each counted
     against the installation's daily operations like any sync.
@@ -58,7 +83,7 @@ def google_customers_accessible(*, access_token: str, clock=timezone.now) -> lis
         meter.spend()
         response = sdk.customers.list_accessible_customers(metadata=bearer, timeout=settings.GOOGLE_ADS_TIMEOUT)
     except Exception as exc:
-        raise google_error(exc, now=clock()) from None
+        raise _listing_error(exc, now=clock()) from None
     accessible = [customer_id_normalize(name.rsplit("/", 1)[-1]) for name in response.resource_names]
     found: dict[str, GoogleCustomer] = {}
     for account in accessible:
@@ -72,10 +97,14 @@ def google_customers_accessible(*, access_token: str, clock=timezone.now) -> lis
             )
             clients = [row.customer_client for batch in stream for row in batch.results]
         except Exception as exc:
-            error = google_error(exc, now=clock())
-            if isinstance(error, AuthError | PermanentError):
+            codes, google_message = google_failure(exc)
+            error = _listing_error(exc, now=clock())
+            if codes and all(code in ONE_CUSTOMER_ONLY for code in codes):
                 # A cancelled or inaccessible account: offer the others.
-                logger.info("Skipping Google Ads customer %s: %s", account, error.message)
+                reason = google_message or error.message
+                logger.info("Skipping Google Ads customer %s: %s", account, reason)
+                if skipped is not None:
+                    skipped.append(f"Google Ads account {customer_id_format(account)} is not listed: {reason}")
                 continue
             raise error from None
         for client in clients:
@@ -96,6 +125,22 @@ def google_customers_accessible(*, access_token: str, clock=timezone.now) -> lis
                 login_customer_id=None if direct else account,
             )
     return sorted(found.values(), key=lambda c: (c.name.lower(), c.customer_id))
+
+
+def _listing_error(exc: Exception, *, now) -> ProviderError:
+    """google_error(), with what listing must say differently: a refused installation and a login
+    without Google Ads are not fixed by reconnecting."""
+    codes, google_message = google_failure(exc)
+    error = google_error(exc, now=now)
+    names = {name for kind, name in codes if kind in ("authentication_error", "authorization_error")}
+    message = google_message or error.message
+    if names & DEVELOPER_TOKEN_REFUSED:
+        return InstallationRefused(f"Google refused this installation's developer token: {message}")
+    if names & INSTALLATION_REFUSED:
+        return InstallationRefused(f"Google refused this installation's access to the Google Ads API: {message}")
+    if "NOT_ADS_USER" in names:
+        return NoAdsAccounts(NOT_ADS_USER_MESSAGE)
+    return error
 
 
 def customer_id_format(customer_id: str) -> str:

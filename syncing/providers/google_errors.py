@@ -41,6 +41,26 @@ NOT_FIXED_BY_RECONNECTING = {
     "INCOMPLETE_SIGNUP",
     "CUSTOMER_NOT_ENABLED",
 }
+# Errors about one customer account (its access, state or existence), not the login or the
+# installation: listing a login's accounts leaves that account out and offers the others.
+ONE_CUSTOMER_ONLY = {
+    ("authorization_error", "USER_PERMISSION_DENIED"),
+    ("authorization_error", "CUSTOMER_NOT_ENABLED"),
+    ("authorization_error", "INCOMPLETE_SIGNUP"),
+    ("authorization_error", "ACCESS_DENIED_FOR_ACCOUNT_TYPE"),
+    ("authorization_error", "ACTION_NOT_PERMITTED_FOR_SUSPENDED_ACCOUNT"),
+    ("authentication_error", "CUSTOMER_NOT_FOUND"),
+}
+# What Google refuses about the installation itself, for every account: its developer token...
+DEVELOPER_TOKEN_REFUSED = {
+    "DEVELOPER_TOKEN_NOT_ON_ALLOWLIST",
+    "DEVELOPER_TOKEN_PROHIBITED",
+    "DEVELOPER_TOKEN_NOT_APPROVED",
+    "DEVELOPER_TOKEN_INVALID",
+    "ORGANIZATION_NOT_ASSOCIATED_WITH_DEVELOPER_TOKEN",
+}
+# ...or its Cloud project, organization or terms of service.
+INSTALLATION_REFUSED = NOT_FIXED_BY_RECONNECTING - DEVELOPER_TOKEN_REFUSED - {name for _, name in ONE_CUSTOMER_ONLY}
 # Google no longer takes this access token, though the refresh token may still get a new one.
 STALE_ACCESS_TOKEN = {"OAUTH_TOKEN_EXPIRED", "OAUTH_TOKEN_INVALID"}
 # Quota errors that say "not now"; ACCESS_PROHIBITED (no access at all) is permanent.
@@ -107,6 +127,23 @@ def access_token_rejected(exc: Exception) -> bool:
             for kind, name in map(_error_code, exc.failure.errors)
         )
     return isinstance(exc, core.Unauthenticated)
+
+
+def google_failure(exc: Exception) -> tuple[list[tuple[str, str]], str]:
+    """The (kind, name) codes of the GoogleAdsFailure an SDK error carries, and Google's own
+    message with the request id; ([], "") when it carries none."""
+    from google.ads.googleads.errors import GoogleAdsException
+    from google.api_core import exceptions as core
+
+    if isinstance(exc, GoogleAdsException):
+        failure, request_id = exc.failure, exc.request_id
+    elif isinstance(exc, core.GoogleAPICallError):
+        failure, request_id = _failure_in_trailers(exc)
+    else:
+        return [], ""
+    if failure is None:
+        return [], ""
+    return [_error_code(error) for error in failure.errors], _with_request_id(_messages(failure), request_id)
 
 
 def _from_failure(failure: Any, request_id: str | None, *, status: str, now: datetime) -> ProviderError:

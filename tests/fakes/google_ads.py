@@ -19,8 +19,8 @@ query must also carry `developer-token: <developer_token>` (when that is set), a
 `login-customer-id`, when it has one, must name the customer or a manager whose clients include
 it, as Google checks them. Tests queue
 failures with fail_next() (quota with a retry delay, an auth failure trailer, UNAVAILABLE,
-a failure after some batches) that are served before the real answers, and read every call,
-with its metadata, from `calls`.
+a failure after some batches) that are served before the real answers, or refuse one customer's
+searches every time with refuse_customer(); and read every call, with its metadata, from `calls`.
 
 FakeOAuth serves the authorization endpoint (it consents at once and redirects back with a
 code, checking the parameters), and the token endpoint for the code exchange and refreshes,
@@ -171,6 +171,39 @@ def resource_exhausted_retry_info(retry_seconds: int) -> Failure:
     return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, message, trailers)
 
 
+def developer_token_not_approved() -> Failure:
+    """What Google answers a developer token with test access only, for a production account."""
+    return ads_failure(
+        "authorization_error",
+        "DEVELOPER_TOKEN_NOT_APPROVED",
+        "The developer token is only approved for use with test accounts. To access non-test accounts, "
+        "apply for Basic or Standard access.",
+        status=grpc.StatusCode.PERMISSION_DENIED,
+        request_id="req-token-test-only",
+    )
+
+
+def user_permission_denied() -> Failure:
+    return ads_failure(
+        "authorization_error",
+        "USER_PERMISSION_DENIED",
+        "User doesn't have permission to access customer.",
+        status=grpc.StatusCode.PERMISSION_DENIED,
+        request_id="req-permission",
+    )
+
+
+def not_ads_user() -> Failure:
+    """What Google answers a Google login that is not in any Google Ads account."""
+    return ads_failure(
+        "authentication_error",
+        "NOT_ADS_USER",
+        "User in the cookie is not a valid Ads user.",
+        status=grpc.StatusCode.UNAUTHENTICATED,
+        request_id="req-not-ads-user",
+    )
+
+
 def unavailable(message: str = "The service is currently unavailable.") -> Failure:
     return Failure(grpc.StatusCode.UNAVAILABLE, message)
 
@@ -224,12 +257,18 @@ class FakeGoogleAds:
             self.accessible: list[str] = []
             self.batch_size = 10_000
             self.failures: deque[Failure] = deque()
+            # customer id -> the failure every search of that customer gets.
+            self.refused_customers: dict[str, Failure] = {}
             # What a call must send as developer-token; None: anything, or nothing.
             self.developer_token: str | None = "fake-developer-token"
 
     def fail_next(self, *failures: Failure) -> None:
         with self.lock:
             self.failures.extend(failures)
+
+    def refuse_customer(self, customer_id: str, failure: Failure) -> None:
+        with self.lock:
+            self.refused_customers[customer_id] = failure
 
     def add_account(self, account: Account) -> Account:
         self.accounts[account.customer_id] = account
@@ -257,15 +296,12 @@ class FakeGoogleAds:
 
     def _search_stream(self, request, context):
         failure = self._record("SearchStream", request.customer_id, request.query, context)
+        if failure is None:
+            with self.lock:
+                failure = self.refused_customers.get(request.customer_id)
         if failure is None and request.customer_id not in self.accounts:
             # Google answers a customer the user cannot reach (or that does not exist) so.
-            failure = ads_failure(
-                "authorization_error",
-                "USER_PERMISSION_DENIED",
-                "User doesn't have permission to access customer.",
-                status=grpc.StatusCode.PERMISSION_DENIED,
-                request_id="req-permission",
-            )
+            failure = user_permission_denied()
         if failure is not None and not failure.after_batches:
             failure.abort(context)
         source = (_FROM.search(request.query) or [None, ""])[1].lower()
