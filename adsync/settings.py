@@ -245,7 +245,6 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expire_seconds": 600},
     },
 }
-DJANGO_CELERY_BEAT_TZ_AWARE = True
 
 # --- API ------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -263,7 +262,6 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "AdSync API",

@@ -199,10 +199,6 @@ class Connection(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.get_provider_display()} {self.external_account_id})"
 
-    @property
-    def sync_interval(self) -> timedelta | None:
-        return SYNC_INTERVALS[self.sync_frequency]
-
 
 class ApiToken(models.Model):
     """A revocable API key. Only its SHA-256 is stored: the key is shown once, when issued."""

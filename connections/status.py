@@ -102,12 +102,10 @@ def next_sync_text(connection: Connection, now: datetime) -> str:
     return relative_time(connection.next_sync_at, now)
 
 
-PROVIDER_LABELS = {"meta": "Meta", "google": "Google", "demo": "Demo"}
 # Where "Reconnect" posts for a person whose access expired: the start of the provider's connect
 # flow (POST, as it writes the OAuth state to the session), which gives the existing connection
 # the new credentials. The paths of connections/meta_urls.py and google_urls.py.
 RECONNECT_URLS = {"meta": "/connect/meta/start", "google": "/connect/google/start"}
-STATUS_LABELS = {"idle": "Idle", "queued": "Queued", "syncing": "Syncing", "error": "Error"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +158,7 @@ def connection_status_view(connection: Connection, now: datetime) -> ConnectionS
     return ConnectionStatusView(
         frequency_label=FREQUENCY_LABELS[connection.sync_frequency],
         status=connection.sync_status,
-        status_label=STATUS_LABELS[connection.sync_status],
+        status_label=SyncStatus(connection.sync_status).label,
         busy=connection.sync_status in BUSY_STATUSES,
         last_attempted=_moment(connection.last_sync_attempted_at, now),
         last_completed=_moment(connection.last_sync_completed_at, now),

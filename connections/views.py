@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 from connections.models import Connection, SyncFrequency, SyncTrigger
 from connections.selectors import connection_get_for_user, connections_for_user
 from connections.services import connection_set_frequency
-from connections.status import FREQUENCY_LABELS, PROVIDER_LABELS, connection_status_view
+from connections.status import FREQUENCY_LABELS, connection_status_view
 from syncing.services import BrokerUnavailable, connection_enqueue_sync
 
 
@@ -30,8 +30,8 @@ def _row(connection: Connection, now) -> dict:
     return {"connection": connection, "status": connection_status_view(connection, now)}
 
 
-def _status_html(request: HttpRequest, connection: Connection, now) -> str:
-    return render_to_string("settings/_status.html", _row(connection, now), request=request)
+def _status_html(request: HttpRequest, row: dict) -> str:
+    return render_to_string("settings/_status.html", row, request=request)
 
 
 @login_required
@@ -46,7 +46,6 @@ def settings_page(request: HttpRequest) -> HttpResponse:
         {
             "rows": rows,
             "frequencies": SyncFrequency.choices,
-            "provider_labels": PROVIDER_LABELS,
             "any_busy": any(row["status"].busy for row in rows),
         },
     )
@@ -57,11 +56,11 @@ def settings_page(request: HttpRequest) -> HttpResponse:
 def settings_status(request: HttpRequest) -> JsonResponse:
     """The status block of each connection, rendered on the server, for the page to poll."""
     now = timezone.now()
-    connections = list(connections_for_user(user=request.user))
+    rows = [_row(c, now) for c in connections_for_user(user=request.user)]
     return JsonResponse(
         {
-            "rows": {str(c.public_id): _status_html(request, c, now) for c in connections},
-            "busy": any(connection_status_view(c, now).busy for c in connections),
+            "rows": {str(row["connection"].public_id): _status_html(request, row) for row in rows},
+            "busy": any(row["status"].busy for row in rows),
         }
     )
 
@@ -69,13 +68,13 @@ def settings_status(request: HttpRequest) -> JsonResponse:
 def _reply(request: HttpRequest, connection: Connection, level: int, text: str, status: int = 200) -> HttpResponse:
     if _wants_json(request):
         connection.refresh_from_db()
-        now = timezone.now()
+        row = _row(connection, timezone.now())
         return JsonResponse(
             {
                 "message": text,
                 "level": messages.DEFAULT_TAGS[level],
-                "status_html": _status_html(request, connection, now),
-                "busy": connection_status_view(connection, now).busy,
+                "status_html": _status_html(request, row),
+                "busy": row["status"].busy,
             },
             status=status,
         )

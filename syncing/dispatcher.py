@@ -32,9 +32,6 @@ class NewJobId(models.Func):
 
     output_field = models.UUIDField()
 
-    def __init__(self):
-        super().__init__()
-
     def as_sql(self, compiler, connection, **extra):
         return "lower(hex(randomblob(16)))", []
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from urllib.parse import quote
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import connections
 
 from connections.models import Connection, Provider, SyncFrequency, Workspace
 from connections.services import connection_create, workspace_add_member, workspace_create
@@ -32,6 +34,38 @@ def wait_for(predicate: Callable[[], object], *, timeout: float = 15.0, interval
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {message or predicate}")
         time.sleep(interval)
+
+
+def run_concurrently(fn: Callable[[], object], *, times: int) -> list:
+    """Call fn from `times` threads released together; their results, and their first error.
+
+    Each thread has its own database connection (Django's are per thread), closed at the end.
+    """
+    barrier = threading.Barrier(times)
+    results: list = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run():
+        try:
+            barrier.wait()
+            result = fn()
+            with lock:
+                results.append(result)
+        except BaseException as exc:  # re-raised in the test's thread below
+            with lock:
+                errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run) for _ in range(times)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 @pytest.fixture(autouse=True)

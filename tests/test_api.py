@@ -1,19 +1,18 @@
 """The REST API: the spec's endpoints exactly, auth, isolation, bad input, failures."""
 
 import json
-import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
-from django.db import connections
 from django.test import Client
 
 from connections.authentication import api_token_issue, api_token_revoke
 from connections.models import Connection, SyncFrequency, SyncStatus
 from syncing.providers.base import PermanentError
 from syncing.services import connection_enqueue_sync, sync_fail, sync_finish, sync_start
+from tests.conftest import run_concurrently
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 VALID = "manual, realtime, 30min, hourly, daily"
@@ -371,23 +370,12 @@ def test_sync_now_twice_returns_the_same_job(owner, connection, broker):
 @pytest.mark.django_db(transaction=True)
 def test_sync_now_20_concurrent_requests_make_one_job(owner, connection, broker):
     _, key = api_token_issue(user=owner)
-    barrier = threading.Barrier(20)
-    bodies = []
 
     def request():
-        try:
-            client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
-            barrier.wait()
-            response = client.post(f"/connections/{connection.public_id}/sync-now")
-            bodies.append((response.status_code, response.json()))
-        finally:
-            connections.close_all()
+        response = Client(HTTP_AUTHORIZATION=f"Bearer {key}").post(f"/connections/{connection.public_id}/sync-now")
+        return response.status_code, response.json()
 
-    threads = [threading.Thread(target=request) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    bodies = run_concurrently(request, times=20)
 
     assert len(bodies) == 20
     assert {code for code, _ in bodies} == {202}

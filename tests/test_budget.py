@@ -1,8 +1,6 @@
-import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.db import connections
 
 from syncing.budget import (
     Budget,
@@ -15,6 +13,7 @@ from syncing.budget import (
 )
 from syncing.models import ApiCallBucket
 from syncing.providers.base import ThrottledError
+from tests.conftest import run_concurrently
 
 NOW = datetime(2026, 11, 28, 12, 0, 30, tzinfo=UTC)
 HOURLY = Budget(key="meta:act_1", limit=180, window=timedelta(hours=1), label="Meta's hourly call budget")
@@ -125,24 +124,8 @@ def test_prune_drops_old_buckets():
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_spenders_never_exceed_the_limit():
     small = Budget(key="meta:act_9", limit=50, window=timedelta(hours=1), label="x")
-    barrier = threading.Barrier(8)
-    granted = []
-    lock = threading.Lock()
 
-    def spender():
-        try:
-            barrier.wait()
-            mine = sum(budget_try_spend(budget=small, now=NOW) for _ in range(20))
-            with lock:
-                granted.append(mine)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=spender) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    granted = run_concurrently(lambda: sum(budget_try_spend(budget=small, now=NOW) for _ in range(20)), times=8)
 
     assert sum(granted) == 50
     assert budget_used(budget=small, now=NOW) == 50

@@ -1,15 +1,14 @@
-import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection as db
-from django.db import connections
 
 from connections.models import Connection, SyncFrequency, SyncStatus, SyncTrigger
 from connections.services import connection_set_frequency
 from syncing.dispatcher import connections_claim_due, syncs_dispatch_due
 from syncing.schedule import jitter
 from syncing.services import connection_enqueue_sync
+from tests.conftest import run_concurrently
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -122,21 +121,8 @@ def test_dispatch_recovers_stuck_rows_first(realtime, settings):
 @pytest.mark.django_db(transaction=True)
 def test_two_dispatchers_at_once_never_claim_a_row_twice(realtime, broker):
     conns = realtime(200)
-    barrier = threading.Barrier(2)
-    results = []
 
-    def tick():
-        try:
-            barrier.wait()
-            results.append(syncs_dispatch_due(now=NOW, limit=20))
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=tick) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = run_concurrently(lambda: syncs_dispatch_due(now=NOW, limit=20), times=2)
 
     assert sum(r.claimed for r in results) == 200
     assert broker.llen("sync_jobs") == 200

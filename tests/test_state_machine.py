@@ -1,6 +1,5 @@
 """Every transition of DESIGN.md's state machine, each one conditional UPDATE."""
 
-import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -8,7 +7,6 @@ import pytest
 import time_machine
 from django.conf import settings
 from django.db import connection as db
-from django.db import connections
 
 from connections.models import Connection, SyncFrequency, SyncStatus, SyncTrigger
 from syncing.models import DailyMetric, SyncOutcome, SyncRun, SyncWindow
@@ -25,6 +23,7 @@ from syncing.services import (
     sync_start,
     syncs_recover_stuck,
 )
+from tests.conftest import run_concurrently
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -123,24 +122,7 @@ def test_enqueue_with_broker_down_leaves_the_connection_as_it_was(connection, br
 
 @pytest.mark.django_db(transaction=True)
 def test_enqueue_20_concurrent_requests_make_one_job(connection, broker):
-    barrier = threading.Barrier(20)
-    results = []
-    lock = threading.Lock()
-
-    def request():
-        try:
-            barrier.wait()
-            result = connection_enqueue_sync(connection=connection)
-            with lock:
-                results.append(result)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=request) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = run_concurrently(lambda: connection_enqueue_sync(connection=connection), times=20)
 
     assert len(results) == 20
     assert len({r.job_id for r in results}) == 1

@@ -7,55 +7,52 @@ manage.py sync_status [<id>...] [--json]
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
 from connections.models import Connection, SyncStatus
-from connections.status import (
-    FREQUENCY_LABELS,
-    Freshness,
-    connection_freshness,
-    next_sync_text,
-    relative_time,
-    stats_line,
-)
+from connections.serializers import SyncStatusOut
+from connections.status import connection_status_view
 from syncing.management.cli import connections_for_arguments
 
 # "Last attempted:" and "Last completed:" are the longest labels; values line up after them.
 LABEL_WIDTH = 17
 
 
-def iso_utc(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).isoformat()
-
-
-def status_text(connection: Connection, now: datetime) -> str:
-    # A throttled connection is idle but not fine: say when it resumes rather than "Idle".
-    if (
-        connection.sync_status == SyncStatus.IDLE
-        and connection.rate_limited_until is not None
-        and connection.rate_limited_until > now
-    ):
-        return f"Rate limited — resumes {connection.rate_limited_until.astimezone(UTC):%H:%M} UTC"
-    return connection.get_sync_status_display()
+# The spec's GET /connections/{id}/sync-status fields, plus the id and name to tell them apart.
+JSON_FIELDS = (
+    "id",
+    "name",
+    "sync_frequency",
+    "sync_status",
+    "last_sync_attempted_at",
+    "last_sync_completed_at",
+    "last_metrics_changed_at",
+    "total_syncs_attempted",
+    "total_syncs_with_changes",
+    "last_sync_error",
+)
 
 
 def connection_status_fields(connection: Connection, now: datetime) -> list[tuple[str, str]]:
-    """The Settings page's lines for one connection, as (label, value)."""
+    """The Settings page's lines for one connection, as (label, value), from the same view."""
+    view = connection_status_view(connection, now)
+    # A throttled connection is idle but not fine: say when it resumes rather than "Idle".
+    rate_limited = connection.sync_status == SyncStatus.IDLE and view.rate_limited_text
     fields = [
         ("Id", str(connection.public_id)),
         ("Workspace", connection.workspace.name),
         ("Provider", connection.get_provider_display()),
-        ("Frequency", FREQUENCY_LABELS[connection.sync_frequency]),
-        ("Sync status", status_text(connection, now)),
-        ("Last attempted", relative_time(connection.last_sync_attempted_at, now)),
-        ("Last completed", relative_time(connection.last_sync_completed_at, now)),
-        ("Last change", relative_time(connection.last_metrics_changed_at, now)),
-        ("Next sync", next_sync_text(connection, now)),
-        ("Freshness", Freshness(connection_freshness(connection, now)).label),
-        ("Stats", stats_line(connection.total_syncs_attempted, connection.total_syncs_with_changes)),
+        ("Frequency", view.frequency_label),
+        ("Sync status", view.rate_limited_text if rate_limited else view.status_label),
+        ("Last attempted", view.last_attempted.text),
+        ("Last completed", view.last_completed.text),
+        ("Last change", view.last_change.text),
+        ("Next sync", view.next_sync),
+        ("Freshness", view.freshness_label),
+        ("Stats", view.stats),
     ]
     if connection.last_sync_error:
         fields.append(("Last error", connection.last_sync_error))
@@ -63,19 +60,9 @@ def connection_status_fields(connection: Connection, now: datetime) -> list[tupl
 
 
 def connection_status_json(connection: Connection) -> dict[str, object]:
-    """The spec's GET /connections/{id}/sync-status body, plus the id and name to tell them apart."""
-    return {
-        "id": str(connection.public_id),
-        "name": connection.name,
-        "sync_frequency": connection.sync_frequency,
-        "sync_status": connection.sync_status,
-        "last_sync_attempted_at": iso_utc(connection.last_sync_attempted_at),
-        "last_sync_completed_at": iso_utc(connection.last_sync_completed_at),
-        "last_metrics_changed_at": iso_utc(connection.last_metrics_changed_at),
-        "total_syncs_attempted": connection.total_syncs_attempted,
-        "total_syncs_with_changes": connection.total_syncs_with_changes,
-        "last_sync_error": connection.last_sync_error,
-    }
+    """The API's own serializer, so the command and GET sync-status can never disagree."""
+    data = SyncStatusOut(connection).data
+    return {name: data[name] for name in JSON_FIELDS}
 
 
 class Command(BaseCommand):
