@@ -8,6 +8,7 @@ Redis, as in production and CI. Both run the same code paths.
 import base64
 import contextlib
 import hashlib
+import ipaddress
 import re
 from pathlib import Path
 
@@ -174,6 +175,30 @@ SYNC_TRANSIENT_RETRIES = envint("SYNC_TRANSIENT_RETRIES", 3, minimum=0)
 # First retry after this many seconds, doubling each time, capped at a minute.
 SYNC_RETRY_BACKOFF = envfloat("SYNC_RETRY_BACKOFF", 5.0, minimum=0.0)
 SYNC_RUN_RETENTION_DAYS = envint("SYNC_RUN_RETENTION_DAYS", 14, minimum=1)
+# How long a sync that has its platform data in hand waits out a database outage before giving
+# up (syncing.runner); inside the soft time limit, so the failure can still be recorded.
+SYNC_DATABASE_WAIT = min(envint("SYNC_DATABASE_WAIT", 60, minimum=0), SYNC_TASK_SOFT_TIME_LIMIT - 5)
+
+# --- Health -----------------------------------------------------------------------------------
+# Every worker records a heartbeat this often (seconds); the dispatcher records each tick.
+SYNC_WORKER_HEARTBEAT = envint("SYNC_WORKER_HEARTBEAT", 10, minimum=1)
+# /readyz and the Settings page say scheduled syncs are not running when the dispatcher has not
+# ticked for this many dispatch intervals (at least 5 s: beat and the broker add a little delay),
+# and that no sync worker is running when none has beaten for three heartbeats.
+HEALTH_SCHEDULER_STALE_AFTER = max(5, 3 * SYNC_DISPATCH_INTERVAL)
+HEALTH_WORKER_STALE_AFTER = 3 * SYNC_WORKER_HEARTBEAT
+# Seconds readiness waits for the broker to answer.
+HEALTH_BROKER_TIMEOUT = envfloat("HEALTH_BROKER_TIMEOUT", 2.0, minimum=0.1)
+# /metrics is off (404) unless one of these is set: a bearer token Prometheus sends
+# (`authorization: {credentials: ...}` in its scrape config), and/or the client addresses or
+# networks that may scrape without one (e.g. "127.0.0.1,10.0.0.0/8").
+METRICS_TOKEN = envstr("METRICS_TOKEN")
+METRICS_ALLOWED_IPS = envlist("METRICS_ALLOWED_IPS")
+for _network in METRICS_ALLOWED_IPS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"METRICS_ALLOWED_IPS: {_network!r} is not an IP address or network") from None
 
 # --- Celery ---------------------------------------------------------------------------------
 REDIS_URL = envstr("REDIS_URL")
@@ -279,13 +304,21 @@ SPECTACULAR_SETTINGS = {
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = envstr("LOG_LEVEL", "INFO").upper()
+# "plain" lines for people, or "json": one JSON object per line for a log pipeline, with the
+# fields of structured lines (such as each finished sync's) as keys of their own.
+LOG_FORMAT = envstr("LOG_FORMAT", "plain").lower()
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r}: choose plain or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(processName)s: %(message)s"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(processName)s: %(message)s"},
+        "json": {"()": "adsync.logs.JsonFormatter"},
+    },
     # The Graph API takes its token in the query string, and these loggers log every URL at DEBUG.
     "filters": {"redact_tokens": {"()": "adsync.redaction.RedactTokens"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "adsync": {"level": LOG_LEVEL},

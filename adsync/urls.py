@@ -1,16 +1,11 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.http import HttpRequest, JsonResponse
 from django.shortcuts import redirect
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from connections import views
-
-
-def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"status": "ok"})
-
+from syncing import views as ops_views
 
 urlpatterns = [
     path("", lambda request: redirect("settings")),
@@ -25,7 +20,9 @@ urlpatterns = [
     ),
     path("settings/connections/<str:connection_id>/sync-now", views.connection_sync_now, name="settings-sync-now"),
     path("admin/", admin.site.urls),
-    path("healthz", healthz),
+    path("healthz", ops_views.healthz, name="healthz"),
+    path("readyz", ops_views.readyz, name="readyz"),
+    path("metrics", ops_views.metrics, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api-auth/", include("rest_framework.urls")),

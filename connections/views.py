@@ -19,6 +19,7 @@ from connections.models import Connection, SyncFrequency, SyncTrigger
 from connections.selectors import connection_get_for_user, connections_for_user
 from connections.services import connection_set_frequency
 from connections.status import FREQUENCY_LABELS, connection_status_view
+from syncing.health import engine_banner
 from syncing.services import BrokerUnavailable, connection_enqueue_sync
 
 
@@ -47,6 +48,7 @@ def settings_page(request: HttpRequest) -> HttpResponse:
             "rows": rows,
             "frequencies": SyncFrequency.choices,
             "any_busy": any(row["status"].busy for row in rows),
+            "engine_banner": engine_banner(now=now),
         },
     )
 
@@ -61,6 +63,8 @@ def settings_status(request: HttpRequest) -> JsonResponse:
         {
             "rows": {str(row["connection"].public_id): _status_html(request, row) for row in rows},
             "busy": any(row["status"].busy for row in rows),
+            # Shown, changed or removed live, like the rows.
+            "banner": engine_banner(now=now),
         }
     )
 

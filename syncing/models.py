@@ -130,3 +130,66 @@ class ApiCallBucket(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} {self.minute:%H:%M} {self.calls}"
+
+
+class HeartbeatKind(models.TextChoices):
+    SCHEDULER = "scheduler", "Scheduler"
+    SYNC_WORKER = "sync_worker", "Sync worker"
+    WORKER = "worker", "Other worker"
+
+
+# The heartbeat the dispatcher records on each tick (one row for the whole installation).
+SCHEDULER_HEARTBEAT = "scheduler"
+
+
+class Heartbeat(models.Model):
+    """The last sign of life of an engine process: the dispatcher's last tick (one row, named
+    "scheduler") and each Celery worker's periodic beat (a row per worker hostname).
+
+    /readyz, the Settings page's banner and /metrics read these; syncing.services writes them.
+    """
+
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=HeartbeatKind.choices)
+    started_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    # What the process says about itself (pid, concurrency, queues), for operators.
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        db_table = "heartbeats"
+        constraints = [
+            # syncing.services.heartbeat_record updates by name, inserting only the first time.
+            models.UniqueConstraint(fields=["name"], name="syncing_heartbeat_unique_name"),
+            models.CheckConstraint(condition=Q(kind__in=HeartbeatKind.values), name="syncing_heartbeat_kind_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.last_seen_at:%H:%M:%S}"
+
+
+class SyncCounter(models.Model):
+    """Monotonic totals of finished sync attempts for /metrics, by provider, outcome and duration
+    bucket (`le`, the smallest histogram bound the duration fits under; +Inf stored as -1).
+
+    Counted in the database, in the same transaction that closes the run, so the totals are
+    exact and the same whichever web process answers a scrape, however many workers there are.
+    """
+
+    provider = models.CharField(max_length=16)
+    outcome = models.CharField(max_length=16, choices=SyncOutcome.choices)
+    le = models.FloatField()
+    count = models.BigIntegerField(default=0)
+    duration_seconds_sum = models.FloatField(default=0)
+    api_calls = models.BigIntegerField(default=0)
+    rows_written = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "sync_counters"
+        constraints = [
+            # The upsert target of syncing.services (INSERT ... ON CONFLICT ... DO UPDATE).
+            models.UniqueConstraint(fields=["provider", "outcome", "le"], name="syncing_synccounter_unique_series"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.outcome} le={self.le} {self.count}"

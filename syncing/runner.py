@@ -7,11 +7,16 @@ connection's state here; only RetryLater escapes, for the caller to schedule the
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
+from typing import TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
+from django.db import connection as db
 from django.utils import timezone
 
 from syncing.budget import CallMeter
@@ -35,12 +40,45 @@ from syncing.services import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_THROTTLE_PAUSE = timedelta(minutes=5)
+T = TypeVar("T")
 
 
 class RetryLater(Exception):
     def __init__(self, countdown: float):
         super().__init__(f"retry in {countdown:.0f} s")
         self.countdown = countdown
+
+
+DATABASE_ERRORS = (OperationalError, InterfaceError)
+
+
+def database_retry_delay(retries: int) -> float | None:
+    """1, 2, 4 ... 30 s between tries to reach the database for a job not started yet, while the
+    waits add up to less than the queued-job deadline (past it recovery takes the job over)."""
+    waited = sum(min(30.0, 2.0**n) for n in range(retries))
+    delay = min(30.0, 2.0**retries)
+    return delay if waited + delay < settings.SYNC_QUEUED_TIMEOUT else None
+
+
+def _with_database(write: Callable[[], T]) -> T:
+    """Run a state write, waiting out a database outage (a restart, a failover) with backoff.
+
+    The platform has answered and its rows are in memory: giving up now would waste the calls
+    and leave the row "syncing" until recovery. Bounded by the task's soft time limit.
+    """
+    deadline = time.monotonic() + settings.SYNC_DATABASE_WAIT
+    delay = 0.5
+    while True:
+        try:
+            return write()
+        except DATABASE_ERRORS as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("Database unavailable, retrying the write in %.1f s: %s", delay, exc)
+            # The connection is broken: drop it so the next try opens a new one.
+            db.close()
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
 
 
 def retry_backoff(attempt: int) -> float:
@@ -65,13 +103,24 @@ def connection_sync_run(*, connection_id: int, job_id: uuid.UUID, attempt: int =
         )
     except TransientProviderError as exc:
         if attempt < max_retries:
-            sync_requeue_for_retry(started=started, error=exc, now=timezone.now(), api_calls=_calls(meter))
+            _retry_later(started, exc, meter)
             raise RetryLater(retry_backoff(attempt)) from exc
         return _failed(started, exc, meter)
     except ThrottledError as exc:
-        until = exc.until or timezone.now() + DEFAULT_THROTTLE_PAUSE
-        sync_defer(started=started, until=until, error=exc, now=timezone.now(), api_calls=_calls(meter))
+        until, throttle = exc.until or timezone.now() + DEFAULT_THROTTLE_PAUSE, exc
+        _with_database(
+            lambda: sync_defer(
+                started=started, until=until, error=throttle, now=timezone.now(), api_calls=_calls(meter)
+            )
+        )
         return SyncOutcome.RATE_LIMITED
+    except DATABASE_ERRORS as exc:
+        # The rate budget could not be read or written: no call was made without it. Not the
+        # platform's fault, so the job is retried like a transient failure, once the database
+        # answers again.
+        logger.warning("Database unavailable while syncing connection %s (job %s): %s", connection_id, job_id, exc)
+        _retry_later(started, TransientProviderError("The database was unavailable; retrying."), meter)
+        raise RetryLater(retry_backoff(attempt)) from exc
     except ProviderError as exc:
         return _failed(started, exc, meter)
     except SoftTimeLimitExceeded:
@@ -85,12 +134,14 @@ def connection_sync_run(*, connection_id: int, job_id: uuid.UUID, attempt: int =
         return _failed(started, error, meter)
 
     try:
-        written = sync_finish(
-            started=started,
-            rows=result.rows,
-            api_calls=meter.calls,
-            now=timezone.now(),
-            slow_down_until=result.slow_down_until,
+        written = _with_database(
+            lambda: sync_finish(
+                started=started,
+                rows=result.rows,
+                api_calls=meter.calls,
+                now=timezone.now(),
+                slow_down_until=result.slow_down_until,
+            )
         )
     except Exception:
         # The rows could not be stored (a value the table refuses, the database went away):
@@ -110,6 +161,12 @@ def _calls(meter: CallMeter | None) -> int:
 
 
 def _failed(started: StartedSync, error: ProviderError, meter: CallMeter | None) -> str:
-    logger.info("Sync of connection %s failed (%s): %s", started.connection.pk, error.error_class, error.message)
-    sync_fail(started=started, error=error, now=timezone.now(), api_calls=_calls(meter))
+    # (The outcome is logged with the run, by syncing.services.)
+    _with_database(lambda: sync_fail(started=started, error=error, now=timezone.now(), api_calls=_calls(meter)))
     return SyncOutcome.ERROR
+
+
+def _retry_later(started: StartedSync, error: ProviderError, meter: CallMeter | None) -> None:
+    _with_database(
+        lambda: sync_requeue_for_retry(started=started, error=error, now=timezone.now(), api_calls=_calls(meter))
+    )

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 
 from django.conf import settings
+from django.db import connection as db
 from django.db import models, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
@@ -36,7 +37,7 @@ from connections.models import (
     SyncTrigger,
 )
 from syncing import schedule
-from syncing.models import SyncOutcome, SyncRun, SyncWindow
+from syncing.models import Heartbeat, SyncOutcome, SyncRun, SyncWindow
 from syncing.persist import metrics_persist_changed
 from syncing.providers import provider_for
 from syncing.providers.base import MetricRow, PermanentError, ProviderError
@@ -280,13 +281,7 @@ def sync_finish(
         if _mine(started).update(**changes) != 1:
             transaction.set_rollback(True)
             return None
-        SyncRun.objects.filter(pk=started.run.pk).update(
-            outcome=SyncOutcome.SUCCESS,
-            finished_at=now,
-            api_calls=api_calls,
-            rows_fetched=len(rows),
-            rows_written=written,
-        )
+        _run_close(started, SyncOutcome.SUCCESS, None, now, api_calls, rows_fetched=len(rows), rows_written=written)
     return written
 
 
@@ -366,14 +361,95 @@ def sync_requeue_for_retry(*, started: StartedSync, error: ProviderError, now: d
     return True
 
 
-def _run_close(started: StartedSync, outcome: str, error: ProviderError, now: datetime, api_calls: int) -> None:
+def _run_close(
+    started: StartedSync,
+    outcome: str,
+    error: ProviderError | None,
+    now: datetime,
+    api_calls: int,
+    *,
+    rows_fetched: int = 0,
+    rows_written: int = 0,
+) -> None:
+    """Close the attempt's run and count it, inside the caller's transaction; log it after commit."""
     SyncRun.objects.filter(pk=started.run.pk).update(
         outcome=outcome,
         finished_at=now,
         api_calls=api_calls,
-        error_class=error.error_class,
-        error_message=error.message,
+        rows_fetched=rows_fetched,
+        rows_written=rows_written,
+        error_class=error.error_class if error else "",
+        error_message=error.message if error else "",
     )
+    duration = max(0.0, (now - started.started_at).total_seconds())
+    sync_counters_add(
+        provider=started.connection.provider,
+        outcome=outcome,
+        durations=[duration],
+        api_calls=api_calls,
+        rows_written=rows_written,
+    )
+    fields = {
+        "connection_id": str(started.connection.public_id),
+        "job_id": str(started.job_id),
+        "provider": started.connection.provider,
+        "trigger": started.run.trigger,
+        "window": started.run.window,
+        "api_calls": api_calls,
+        "rows_fetched": rows_fetched,
+        "rows_written": rows_written,
+        "outcome": outcome,
+        "duration_ms": round(duration * 1000),
+    }
+    if error is not None:
+        fields["error_class"] = error.error_class
+    transaction.on_commit(functools.partial(_log_run, fields, error))
+
+
+def _log_run(fields: dict, error: ProviderError | None) -> None:
+    # One line per finished attempt, greppable as key=value; with LOG_FORMAT=json the same
+    # fields become the JSON object's keys (adsync.logs.JsonFormatter reads record.fields).
+    text = " ".join(f"{key}={value}" for key, value in fields.items())
+    if error is not None:
+        text += f" error={error.message!r}"
+    logger.info("sync finished %s", text, extra={"fields": fields})
+
+
+# Histogram bounds of a sync's duration in seconds (/metrics: adsync_sync_duration_seconds);
+# realtime syncs at real platform latency fall between 0.5 and 5 s.
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+INF_BUCKET = -1.0  # how +Inf is stored in sync_counters.le
+
+_COUNTERS_UPSERT = """
+INSERT INTO sync_counters (provider, outcome, le, count, duration_seconds_sum, api_calls, rows_written)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (provider, outcome, le) DO UPDATE SET
+    count = sync_counters.count + excluded.count,
+    duration_seconds_sum = sync_counters.duration_seconds_sum + excluded.duration_seconds_sum,
+    api_calls = sync_counters.api_calls + excluded.api_calls,
+    rows_written = sync_counters.rows_written + excluded.rows_written
+"""
+
+
+def duration_bucket(seconds: float) -> float:
+    return next((bound for bound in DURATION_BUCKETS if seconds <= bound), INF_BUCKET)
+
+
+def sync_counters_add(
+    *, provider: str, outcome: str, durations: list[float], api_calls: int = 0, rows_written: int = 0
+) -> None:
+    """Count finished attempts (one per duration) in the /metrics totals: one upsert per bucket.
+
+    The calls and rows go with the first bucket; /metrics sums them over buckets.
+    """
+    by_bucket: dict[float, list[float]] = {}
+    for seconds in durations:
+        by_bucket.setdefault(duration_bucket(seconds), []).append(seconds)
+    extra = (api_calls, rows_written)
+    with db.cursor() as cursor:
+        for le, seconds in by_bucket.items():
+            cursor.execute(_COUNTERS_UPSERT, [provider, outcome, le, len(seconds), sum(seconds), *extra])
+            extra = (0, 0)
 
 
 # --- recover ----------------------------------------------------------------------------------
@@ -413,11 +489,8 @@ def syncs_recover_stuck(*, now: datetime) -> int:
     ).update(
         sync_status=SyncStatus.ERROR, last_sync_error=LOST_WHILE_SYNCING, last_sync_error_kind=ErrorKind.INTERRUPTED
     )
-    SyncRun.objects.filter(outcome=SyncOutcome.RUNNING, started_at__lt=syncing_deadline).update(
-        outcome=SyncOutcome.INTERRUPTED,
-        finished_at=now,
-        error_class=ErrorKind.INTERRUPTED,
-        error_message=LOST_WHILE_SYNCING,
+    _runs_interrupt(
+        SyncRun.objects.filter(outcome=SyncOutcome.RUNNING, started_at__lt=syncing_deadline), LOST_WHILE_SYNCING, now
     )
     if lost_queued or lost_syncing:
         logger.warning("Recovered %d lost queued and %d interrupted sync job(s)", lost_queued, lost_syncing)
@@ -438,13 +511,32 @@ def syncs_reset_stuck(*, connection_ids: list[int], now: datetime) -> int:
         reset = Connection.objects.filter(pk__in=[pk for pk, _ in busy], sync_status__in=BUSY_STATUSES).update(
             sync_status=SyncStatus.ERROR, last_sync_error=RESET_BY_OPERATOR, last_sync_error_kind=ErrorKind.INTERRUPTED
         )
-        SyncRun.objects.filter(job_id__in=[job for _, job in busy], outcome=SyncOutcome.RUNNING).update(
+        _runs_interrupt(
+            SyncRun.objects.filter(job_id__in=[job for _, job in busy], outcome=SyncOutcome.RUNNING),
+            RESET_BY_OPERATOR,
+            now,
+        )
+    return reset
+
+
+def _runs_interrupt(runs: models.QuerySet[SyncRun], message: str, now: datetime) -> None:
+    """Close running runs as interrupted, and count them in the /metrics totals."""
+    with transaction.atomic():
+        # Locked, so that what is counted is exactly what the update closes.
+        found = list(runs.select_for_update(of=("self",)).values_list("pk", "connection__provider", "started_at"))
+        if not found:
+            return
+        SyncRun.objects.filter(pk__in=[pk for pk, _, _ in found]).update(
             outcome=SyncOutcome.INTERRUPTED,
             finished_at=now,
             error_class=ErrorKind.INTERRUPTED,
-            error_message=RESET_BY_OPERATOR,
+            error_message=message,
         )
-    return reset
+        by_provider: dict[str, list[float]] = {}
+        for _, provider, started_at in found:
+            by_provider.setdefault(provider, []).append(max(0.0, (now - started_at).total_seconds()))
+        for provider, durations in by_provider.items():
+            sync_counters_add(provider=provider, outcome=SyncOutcome.INTERRUPTED, durations=durations)
 
 
 def sync_runs_prune(*, now: datetime, batch: int = 10_000) -> int:
@@ -460,3 +552,43 @@ def sync_runs_prune(*, now: datetime, batch: int = 10_000) -> int:
         if not ids:
             return deleted
         deleted += SyncRun.objects.filter(pk__in=ids).delete()[0]
+
+
+# --- heartbeats ---------------------------------------------------------------------------------
+
+
+def heartbeat_record(*, name: str, kind: str, now: datetime, details: dict | None = None) -> None:
+    """Note that an engine process is alive: one UPDATE, an INSERT only the first time.
+
+    The dispatcher calls it once per tick and every worker every SYNC_WORKER_HEARTBEAT seconds,
+    so it must stay one cheap statement (bench/dispatcher.py measures the empty tick).
+    """
+    changes: dict = {"last_seen_at": now}
+    if details is not None:
+        changes["details"] = details
+    if Heartbeat.objects.filter(name=name).update(**changes):
+        return
+    # First beat of this name. A concurrent first beat of the same name loses on the unique
+    # constraint, which is as good as having beaten.
+    with transaction.atomic():
+        Heartbeat.objects.bulk_create(
+            [Heartbeat(name=name, kind=kind, started_at=now, last_seen_at=now, details=details or {})],
+            ignore_conflicts=True,
+        )
+
+
+def heartbeat_restart(*, name: str, kind: str, now: datetime, details: dict) -> None:
+    """A process (re)starts under this name: its uptime starts now."""
+    Heartbeat.objects.update_or_create(
+        name=name, defaults={"kind": kind, "started_at": now, "last_seen_at": now, "details": details}
+    )
+
+
+def heartbeat_forget(*, name: str) -> None:
+    """A worker stopping cleanly says so, so readiness does not wait for its beat to age out."""
+    Heartbeat.objects.filter(name=name).delete()
+
+
+def heartbeats_prune(*, now: datetime, keep: timedelta = timedelta(days=1)) -> int:
+    """Forget workers gone for a day (a container's hostname changes with every restart)."""
+    return Heartbeat.objects.filter(last_seen_at__lt=now - keep).delete()[0]

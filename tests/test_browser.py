@@ -148,3 +148,27 @@ def test_screenshots_at_desktop_and_phone_width(browser, live_server, owner, mak
         # Nothing overflows sideways at phone width.
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         context.close()
+
+
+def test_banner_says_when_syncs_stop_and_goes_away_live(page: Page, live_server, owner, make_connection):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from syncing.models import SCHEDULER_HEARTBEAT, HeartbeatKind
+    from syncing.services import heartbeat_record
+
+    make_connection(name="Acme Shoes", sync_frequency=SyncFrequency.REALTIME)
+    sign_in(page, live_server)
+    banner = page.get_by_role("alert")
+
+    # Nothing has ever run here: a newcomer is told why nothing syncs, not left at "due now".
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("Scheduled syncs are not running: the scheduler has not run yet.")
+
+    # The engine starts: the banner goes away on the next poll, without a reload. (Beats dated a
+    # minute ahead stay fresh however slowly this machine runs the test.)
+    ahead = timezone.now() + timedelta(minutes=1)
+    heartbeat_record(name=SCHEDULER_HEARTBEAT, kind=HeartbeatKind.SCHEDULER, now=ahead)
+    heartbeat_record(name="sync@browser-test", kind=HeartbeatKind.SYNC_WORKER, now=ahead)
+    expect(banner).to_be_hidden()

@@ -385,7 +385,10 @@ def test_settings_page_loads_script_and_polls_the_status_url(owner, connection):
 
     scripts = doc.find_all("script")
     assert [(s.attrs["src"], "defer" in s.attrs, s.text()) for s in scripts] == [("/static/js/settings.js", True, "")]
-    assert doc.one("link", rel="stylesheet").attrs["href"] == "/static/css/app.css"
+    assert [link.attrs["href"] for link in doc.find_all("link", rel="stylesheet")] == [
+        "/static/css/app.css",
+        "/static/css/engine-banner.css",
+    ]
     root = doc.one("div", class_="connections")
     assert root.attrs["data-status-url"] == "/settings/status"
     assert root.attrs["data-busy"] == "false"
@@ -1079,7 +1082,7 @@ def test_settings_status_rows_keyed_by_public_id_for_my_connections_only(owner, 
 
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"rows", "busy"}
+    assert set(body) == {"rows", "busy", "banner"}
     assert set(body["rows"]) == {str(idle.public_id), str(busy.public_id)}
     assert body["busy"] is True
     for connection in (idle, busy):
@@ -1101,7 +1104,9 @@ def test_settings_status_not_busy_when_all_idle(owner, connection):
 @pytest.mark.django_db
 @pytest.mark.embedded
 def test_settings_status_empty_for_user_without_connections(outsider, connection):
-    assert signed_in(outsider).get("/settings/status").json() == {"rows": {}, "busy": False}
+    # (No engine runs in this test: the banner says so.)
+    body = signed_in(outsider).get("/settings/status").json()
+    assert (body["rows"], body["busy"]) == ({}, False)
 
 
 # --- no N+1 queries ----------------------------------------------------------------------------------------
@@ -1117,8 +1122,8 @@ def _varied(make_connection, indexes: range) -> None:
             connection_enqueue_sync(connection=connection, now=NOW, send=False)
 
 
-# session, user, connections with their workspace
-SETTINGS_QUERIES = 3
+# session, user, connections with their workspace, the engine's heartbeats (the banner)
+SETTINGS_QUERIES = 4
 
 
 @pytest.mark.django_db

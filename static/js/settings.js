@@ -27,6 +27,16 @@
     if (block && block.innerHTML !== html) block.innerHTML = html;
   }
 
+  // "Scheduled syncs are paused: ..." appears and goes away with the engine's state.
+  var banner = document.querySelector("[data-engine-banner]");
+
+  function updateBanner(text) {
+    if (!banner) return;
+    banner.hidden = !text;
+    var body = banner.querySelector(".engine-banner-text");
+    if (text && body.textContent !== text) body.textContent = text;
+  }
+
   // Responses can arrive out of order (a poll racing a form's answer): only the newest counts.
   var issued = 0;
   var applied = 0;
@@ -42,6 +52,7 @@
         if (seq < applied) return;
         applied = seq;
         Object.keys(data.rows).forEach(function (id) { replaceStatus(id, data.rows[id]); });
+        updateBanner(data.banner);
         busy = data.busy;
       })
       .catch(function () { /* offline or signed out: try again later */ })
