@@ -4,7 +4,6 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-CELERY := $(VENV)/bin/celery
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 
 # Tests run on PostgreSQL and Redis; override these to point elsewhere.
@@ -12,7 +11,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/adsync
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) SECRET_KEY=test-only-secret
 
-.PHONY: install run test test-postgres test-embedded lint format bench clean
+.PHONY: install run test test-fast test-postgres test-embedded lint format bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,24 +20,23 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 install: $(STAMP)
 
-# Web + worker + dispatcher + beat in one foreground command; Ctrl-C stops them all. With no DATABASE_URL
-# and no REDIS_URL this is the embedded mode: SQLite and a filesystem broker under .data/.
+# Web + worker + dispatcher + beat in one foreground command, under adsync/supervisor.py: each
+# process logs to $ADSYNC_DATA_DIR/logs/<name>.log (.data/logs/), the terminal shows warnings,
+# errors and deaths (VERBOSE=1: everything), a process that dies is restarted, and Ctrl-C stops
+# them all. `exec`: no shell in between, so make (which gets the Ctrl-C too) sees the supervisor
+# exit 0 and prints no error; it still exits 130, as an interrupted make does. With no
+# DATABASE_URL and no REDIS_URL this is the embedded mode: SQLite and a filesystem broker under .data/.
 run: install
 	$(PY) manage.py migrate --noinput
 	@if [ -z "$$DATABASE_URL" ]; then $(PY) manage.py seed_demo; \
 	else echo "DATABASE_URL is set: not adding the demo user and data (run manage.py seed_demo to add them)"; fi
-	@echo
-	@echo "  AdSync is starting at http://127.0.0.1:8000/settings  (sign in: demo / demo)"
-	@echo "  Admin: http://127.0.0.1:8000/admin/   Ctrl-C stops web, worker and beat."
-	@echo
-	@trap 'kill 0' INT TERM; \
-	$(CELERY) -A adsync worker -Q sync_jobs --concurrency 2 --loglevel INFO --hostname sync@%h & \
-	$(CELERY) -A adsync worker -Q dispatch --concurrency 1 --loglevel INFO --hostname dispatch@%h & \
-	$(CELERY) -A adsync beat --scheduler django --loglevel INFO & \
-	DEBUG=$${DEBUG:-1} $(PY) manage.py runserver 127.0.0.1:8000 & \
-	wait
+	@exec $(PY) -m adsync.supervisor $(if $(filter-out 0,$(VERBOSE)),--verbose)
 
 test: install test-postgres test-embedded
+
+# The quick loop while working: everything but the tests that start real processes (marked slow).
+test-fast: install
+	$(TEST_ENV) $(VENV)/bin/pytest -m "not slow"
 
 test-postgres:
 	$(TEST_ENV) $(VENV)/bin/pytest

@@ -20,6 +20,7 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
+    pytest.mark.slow,
     # Skipped on a developer machine without Chromium; CI installs it, and fails if it is missing.
     pytest.mark.skipif(
         not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason="needs Debian's chromium (.ci/run installs it)"

@@ -14,7 +14,7 @@ from syncing.models import DailyMetric, SyncOutcome, SyncRun
 from syncing.services import LOST_WHILE_SYNCING, connection_enqueue_sync, syncs_recover_stuck
 from tests.conftest import wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
 def status_of(connection) -> str:
@@ -149,3 +149,57 @@ def test_pool_process_killed_mid_sync_redelivery_is_a_no_op(make_connection, sta
     connection.refresh_from_db()
     assert (connection.sync_status, connection.job_id, connection.total_syncs_attempted) == ("syncing", job.job_id, 1)
     assert SyncRun.objects.count() == 1
+
+
+# --- database outages: a real worker behind a TCP proxy that can play the database going away ----
+
+
+@pytest.fixture
+def database_proxy():
+    from django.db import connection as db
+
+    from tests.faultproxy import FaultProxy
+
+    with FaultProxy(db.settings_dict["HOST"] or "127.0.0.1", int(db.settings_dict["PORT"] or 5432)) as proxy:
+        yield proxy
+
+
+def _through(proxy) -> dict[str, str]:
+    from django.db import connection as db
+
+    return {"DATABASE_URL": f"postgres://{db.settings_dict['USER']}@127.0.0.1:{proxy.port}/{db.settings_dict['NAME']}"}
+
+
+def test_job_waits_out_a_database_outage_before_it_starts(make_connection, start_worker, database_proxy):
+    worker = start_worker(**_through(database_proxy))
+    connection = make_connection()
+    database_proxy.down()
+
+    job = connection_enqueue_sync(connection=connection)
+
+    # The task cannot start the job: it retries with backoff instead of using up the message.
+    wait_for(lambda: "retrying in" in worker.log_path.read_text(), message="a database retry")
+    assert status_of(connection) == "queued"
+    database_proxy.pass_through()
+    wait_for(lambda: status_of(connection) == "idle", message="the job to run once the database is back")
+    run = SyncRun.objects.get()
+    assert (run.job_id, run.outcome, run.rows_written) == (job.job_id, SyncOutcome.SUCCESS, 32)
+
+
+def test_sync_in_flight_waits_out_a_database_outage_to_store(make_connection, start_worker, database_proxy):
+    worker = start_worker(**_through(database_proxy))
+    connection = make_connection(provider_options={"latency_ms": 1500})
+    connection_enqueue_sync(connection=connection)
+    wait_for(lambda: status_of(connection) == "syncing", message="the sync to start")
+
+    # The database goes away while the platform call is under way: the fetched rows are not
+    # thrown away and the row is not left "syncing" until recovery.
+    database_proxy.down()
+    wait_for(lambda: "retrying the write" in worker.log_path.read_text(), message="the store to be retried")
+    database_proxy.pass_through()
+
+    wait_for(lambda: status_of(connection) == "idle", message="the sync to finish")
+    connection.refresh_from_db()
+    assert (connection.last_sync_error, connection.total_syncs_attempted) == (None, 1)
+    assert DailyMetric.objects.filter(connection=connection).count() == 32
+    assert list(SyncRun.objects.values_list("outcome", flat=True)) == [SyncOutcome.SUCCESS]
