@@ -216,8 +216,13 @@ else:
     _broker_dir = DATA_DIR / "broker"
     for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    # kombu's own filesystem transport lets a consumer read a message file before it is written
+    # (kombu issue 1551: the worker dies with JSONDecodeError); adsync.broker's transport writes each
+    # one under a hidden name and renames it into place. Importing it registers its URL scheme.
+    import adsync.broker
+
     # (A host part keeps kombu from warning "No hostname was supplied" on every connection.)
-    CELERY_BROKER_URL = "filesystem://localhost/"
+    CELERY_BROKER_URL = f"{adsync.broker.SCHEME}://localhost/"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
