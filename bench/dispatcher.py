@@ -7,7 +7,7 @@ Prints, with PASS/MISS against the targets:
   with 1,000 due, against a naive loop over every Connection row in Python (>= 100x faster);
 - the claim at 10k vs 100k connections, 1,000 due each (cost follows the rows due: <= 1.3x);
 - a whole tick (syncs_dispatch_due) including the 1,000 sends to Redis, reported separately;
-- an empty tick (nothing due, recovery queries included): <= 5 ms.
+- an empty tick (nothing due; recovery queries and the heartbeat included): <= 5 ms.
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ from django.db import models, transaction
 
 from connections.models import RUNNABLE_STATUSES, Connection, SyncStatus, SyncTrigger
 from syncing.budget import Budget, budget_available_at, budgets_used
+from syncing.models import SCHEDULER_HEARTBEAT, HeartbeatKind
 from syncing.providers import PROVIDERS
-from syncing.services import BrokerUnavailable, Claim, jobs_send, syncs_recover_stuck
+from syncing.services import BrokerUnavailable, Claim, heartbeat_record, jobs_send, syncs_recover_stuck
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def _defer(deferred: dict[datetime, list[int]]) -> None:
 
 
 def syncs_dispatch_due(*, now: datetime, limit: int | None = None) -> DispatchResult:
-    """One dispatcher tick: recover, then claim and send batches until nothing is due."""
+    """One dispatcher tick: recover, claim and send batches until nothing is due, beat."""
     limit = limit or settings.SYNC_DISPATCH_BATCH
     recovered = syncs_recover_stuck(now=now)
     claimed = sent = 0
@@ -160,4 +161,6 @@ def syncs_dispatch_due(*, now: datetime, limit: int | None = None) -> DispatchRe
             break
     if claimed:
         logger.info("Dispatched %d sync job(s)%s", sent, f", recovered {recovered}" if recovered else "")
+    # Each completed tick is the scheduler's sign of life (/readyz, the Settings page's banner).
+    heartbeat_record(name=SCHEDULER_HEARTBEAT, kind=HeartbeatKind.SCHEDULER, now=now)
     return DispatchResult(recovered=recovered, claimed=claimed, sent=sent)

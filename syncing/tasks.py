@@ -10,9 +10,8 @@ from django.utils import timezone
 
 from syncing.budget import api_call_buckets_prune
 from syncing.dispatcher import syncs_dispatch_due
-from syncing.models import SCHEDULER_HEARTBEAT, HeartbeatKind
 from syncing.runner import RetryLater, connection_sync_run, database_retry_delay
-from syncing.services import heartbeat_record, heartbeats_prune, sync_runs_prune
+from syncing.services import heartbeats_prune, sync_runs_prune
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +45,6 @@ def dispatch_due_syncs() -> None:
     now = timezone.now()
     try:
         syncs_dispatch_due(now=now)
-        heartbeat_record(name=SCHEDULER_HEARTBEAT, kind=HeartbeatKind.SCHEDULER, now=now)
     except DatabaseError as exc:
         # One line per tick, not a traceback: the next tick tries again, and /readyz says why.
         logger.warning("Dispatcher tick skipped, database unavailable: %s", exc)
