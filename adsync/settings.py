@@ -79,6 +79,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A database that cannot be reached answers 503 (JSON on the API), not a 500.
+    "adsync.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "adsync.urls"
@@ -101,7 +103,17 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------------
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=envint("DB_CONN_MAX_AGE", 60))}
+    # Connections are kept between requests (DB_CONN_MAX_AGE). A kept one that a PostgreSQL restart
+    # or failover closed is checked at its first use in a request and replaced, instead of failing
+    # that request with a 500.
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL, conn_max_age=envint("DB_CONN_MAX_AGE", 60), conn_health_checks=True
+        )
+    }
+    # libpq waits for a server that does not answer for as long as it takes, holding the gunicorn
+    # worker; give up after 5 s (a 503, see adsync.middleware). ?connect_timeout= in the URL wins.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -209,7 +221,15 @@ if BROKER_VISIBILITY_TIMEOUT <= SYNC_TASK_TIME_LIMIT:
 
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": BROKER_VISIBILITY_TIMEOUT}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": BROKER_VISIBILITY_TIMEOUT,
+        # Without them a Redis that stops answering but keeps its connections open (paused,
+        # failing over, a dropped NAT entry) hangs every publish, and with it each Sync Now and the
+        # gunicorn worker serving it, until Redis comes back. Redis answers in milliseconds. The
+        # workers' BRPOP is read by their event loop, which these do not apply to.
+        "socket_timeout": 1.0,
+        "socket_connect_timeout": 2.0,
+    }
 else:
     # kombu's filesystem transport works across processes on one machine; its default polling
     # (1 s) caps it near 5 tasks/s, 50 ms makes it keep up with a realtime demo.
@@ -235,6 +255,10 @@ else:
     }
 
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A failed publish is retried once (enough to replace a kept connection that Redis closed), not
+# Celery's default three times: with the socket timeouts above, a Sync Now while Redis hangs then
+# answers 503 in about 3 s instead of 4 timeouts plus backoff later.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 CELERY_TASK_DEFAULT_QUEUE = "sync_jobs"
 CELERY_TASK_ROUTES = {
     "syncing.sync_connection": {"queue": "sync_jobs"},
@@ -286,12 +310,16 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # DRF's, refusing lone surrogates and deep nesting with a 400 instead of failing with a 500.
+    "DEFAULT_PARSER_CLASSES": ["connections.parsers.JSONParser"],
+    # DRF's, plus a body over DATA_UPLOAD_MAX_MEMORY_SIZE as a JSON 400 (not Django's HTML page).
+    "EXCEPTION_HANDLER": "connections.parsers.exception_handler",
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # drf-spectacular's, documenting the 503 that any operation answers while the database is down.
+    "DEFAULT_SCHEMA_CLASS": "connections.schema.AutoSchema",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "AdSync API",

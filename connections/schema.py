@@ -1,8 +1,12 @@
-"""OpenAPI descriptions of our authentication classes and strict input for drf-spectacular (loaded in apps.py)."""
+"""OpenAPI descriptions of our authentication classes and strict input for drf-spectacular (loaded in apps.py),
+and the schema class that documents the answer every operation can give: 503 while the database is down."""
 
 import copy
 
+from drf_spectacular import openapi
 from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
+
+from connections.serializers import ErrorOut
 
 
 class TokenAuthenticationScheme(OpenApiAuthenticationExtension):
@@ -49,3 +53,26 @@ class StrictSerializerScheme(OpenApiSerializerExtension):
         serializer.partial = False
         schema = auto_schema._map_serializer(serializer, direction, bypass_extensions=True)
         return {**schema, "additionalProperties": False}
+
+
+class AutoSchema(openapi.AutoSchema):
+    """Documents adsync.middleware's 503 on every operation (one that has a 503 of its own keeps it)."""
+
+    def get_operation(self, *args, **kwargs):
+        operation = super().get_operation(*args, **kwargs)
+        if operation is not None:
+            operation["responses"].setdefault(
+                "503",
+                {
+                    "description": "The database is unavailable; try again in a moment.",
+                    "headers": {
+                        "Retry-After": {
+                            "schema": {"type": "integer"},
+                            "description": "Seconds to wait before trying again.",
+                            "required": True,
+                        }
+                    },
+                    "content": {"application/json": {"schema": self.resolve_serializer(ErrorOut, "response").ref}},
+                },
+            )
+        return operation
