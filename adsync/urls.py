@@ -26,7 +26,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api-auth/", include("rest_framework.urls")),
-    path("connect/meta/", include("connections.meta_urls")),
-    path("connect/google/", include("connections.google_urls")),
+    path("connect/", include("connections.connect_urls")),
     path("", include("connections.urls")),
 ]

@@ -1,9 +1,11 @@
-"""What the "connect an account" flows share; meta_connect.py and google_connect.py add the
-provider's own HTTP calls.
+"""The "connect an account" flow, one set of views for every provider with an OAuth sign-in
+(mounted per provider by connect_urls.py). The platform's own calls (its consent screen URL, the
+code exchange, the account listing) are the provider's: this module reaches them only through
+the registry (syncing.providers.OAUTH_PROVIDERS) and the OAuthProvider interface.
 
     Settings "Connect ..." (POST) -> start: a one-time `state` and the redirect URI in the session,
     the browser goes to the platform's consent screen -> callback?code&state: the state must match
-    (else 400, nothing happens; either way it is spent) -> the provider module trades the code
+    (else 400, nothing happens; either way it is spent) -> the provider trades the code
     for credentials and lists the accounts -> they wait in the session, encrypted, for 30 minutes
     -> choose: the person picks accounts and one of their workspaces -> one connection per
     account (manual sync), or new credentials for one the workspace already has (a reconnect).
@@ -20,25 +22,27 @@ import functools
 import json
 import logging
 import secrets
-import zoneinfo
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-import httpx
 from cryptography.fernet import InvalidToken
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AbstractBaseUser
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from connections.fields import fernet
 from connections.models import Connection, Workspace
 from connections.services import ConnectAccount, connections_connect_accounts
 from connections.status import access_expiry_text
+from syncing.providers import OAUTH_PROVIDERS
+from syncing.providers.base import ConnectError, OAuthProvider, plural
 
 logger = logging.getLogger(__name__)
 
@@ -48,20 +52,11 @@ PENDING_TTL = timedelta(minutes=30)
 ERROR_CODE_MAX = 100
 
 
-class ConnectError(Exception):
-    """Something a person can act on, shown on the error page; never holds a token or a code."""
-
-    def __init__(self, message: str, status: int = 502):
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
 @dataclasses.dataclass(frozen=True)
 class Flow:
     """One provider's connect flow, as the shared views and templates need it."""
 
-    provider: str  # connections.models.Provider
+    provider: str  # connections.models.Provider, a key of OAUTH_PROVIDERS
     label: str  # "Meta", "Google Ads"
     account_noun: str  # "Meta ad account"
     login_noun: str  # "Meta login"
@@ -112,34 +107,39 @@ class SignIn:
 # --- small shared pieces -------------------------------------------------------------------------
 
 
-def json_object(response: httpx.Response) -> dict | None:
-    """The response's JSON object, or None for anything else (HTML, a list, nothing)."""
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
+def flow_for(provider: str) -> Flow:
+    """The connect flow of a provider with an OAuth sign-in (KeyError for any other), in the words
+    its platform gives (ConnectInfo) and with the URL names connect_urls.py gives it."""
+    info = OAUTH_PROVIDERS[provider].connect_info
+    return Flow(
+        provider=provider,
+        label=info.label,
+        account_noun=info.account_noun,
+        login_noun=info.login_noun,
+        url_prefix=f"{provider}-connect",
+        redirect_uri_setting=info.redirect_uri_setting,
+        not_configured=info.not_configured,
+    )
 
 
-@functools.cache
-def _known_zones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
-
-
-def zone_name(name: object, *, source: str) -> str:
-    """The platform's time zone name if this installation knows it; otherwise UTC, logged.
-
-    Checked against the list of zones rather than by loading one: ZoneInfo() of "America" (a
-    directory) or of a path raises errors of its own kinds.
-    """
-    if isinstance(name, str) and name in _known_zones():
-        return name
-    logger.warning("%s reported an unknown time zone %r; using UTC", source, name)
-    return "UTC"
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+def oauth_sign_in(provider: OAuthProvider, *, code: str, redirect_uri: str, now: datetime) -> SignIn:
+    """The provider trades the code for access, then lists the accounts that access reaches."""
+    grant = provider.oauth_exchange_code(code=code, redirect_uri=redirect_uri, now=now)
+    listing = provider.accounts_list(access_token=grant.access_token, now=now)
+    offers = [
+        Offer(
+            account=ConnectAccount(
+                external_account_id=offer.external_account_id,
+                name=offer.name,
+                currency=offer.currency,
+                timezone_name=offer.timezone_name,
+                credentials=offer.credentials,
+            ),
+            hint=offer.hint,
+        )
+        for offer in listing.accounts
+    ]
+    return SignIn(credentials=grant.credentials, expires_at=grant.expires_at, offers=offers, notes=listing.notes)
 
 
 def user_workspaces(user: AbstractBaseUser) -> list[Workspace]:
@@ -229,7 +229,7 @@ def pending_load(request: HttpRequest, flow: Flow, now: datetime) -> SignIn | No
         return None
 
 
-# --- the views' shared bodies (the provider modules wrap them) ------------------------------------
+# --- the views' bodies ------------------------------------------------------------------------------
 
 
 def start(request: HttpRequest, flow: Flow, *, configured: bool, authorize_url: Callable[..., str]) -> HttpResponse:
@@ -366,3 +366,27 @@ def summary(flow: Flow, workspace: Workspace, created: list[Connection], reconne
         names = ", ".join(c.name for c in reconnected)
         parts.append(f"reconnected {plural(len(reconnected), flow.account_noun)} ({names})")
     return f"{workspace.name}: {'; '.join(parts)}."
+
+
+# --- views, one set for every provider in OAUTH_PROVIDERS (connect_urls.py passes `provider`) ------
+
+
+@login_required
+@require_POST
+def connect_start(request: HttpRequest, provider: str) -> HttpResponse:
+    platform = OAUTH_PROVIDERS[provider]
+    return start(
+        request, flow_for(provider), configured=platform.oauth_configured(), authorize_url=platform.oauth_authorize_url
+    )
+
+
+@login_required
+@require_GET
+def connect_callback(request: HttpRequest, provider: str) -> HttpResponse:
+    return callback(request, flow_for(provider), sign_in=functools.partial(oauth_sign_in, OAUTH_PROVIDERS[provider]))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def connect_choose(request: HttpRequest, provider: str) -> HttpResponse:
+    return choose(request, flow_for(provider))

@@ -7,11 +7,13 @@ the management commands so they always say the same thing.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 
 from django.db import models
 
 from connections.models import AUTH_ERROR_KIND, BUSY_STATUSES, SYNC_INTERVALS, Connection, SyncFrequency, SyncStatus
+from syncing.providers import OAUTH_PROVIDERS
 
 FREQUENCY_LABELS = {
     SyncFrequency.MANUAL: "Manual",
@@ -102,10 +104,25 @@ def next_sync_text(connection: Connection, now: datetime) -> str:
     return relative_time(connection.next_sync_at, now)
 
 
-# Where "Reconnect" posts for a person whose access expired: the start of the provider's connect
-# flow (POST, as it writes the OAuth state to the session), which gives the existing connection
-# the new credentials. The paths of connections/meta_urls.py and google_urls.py.
-RECONNECT_URLS = {"meta": "/connect/meta/start", "google": "/connect/google/start"}
+class _ReconnectUrls(Mapping[str, str]):
+    """Where "Reconnect" posts for a person whose access expired, by provider: the start of the
+    provider's connect flow (POST, as it writes the OAuth state to the session), which gives the
+    existing connection the new credentials. Each is the flow's own start_url (a reverse() of
+    connections/connect_urls.py), read when asked: the URLconf is not loaded when this imports."""
+
+    def __getitem__(self, provider: str) -> str:
+        from connections.connect import flow_for  # connect.py imports this module
+
+        return flow_for(provider).start_url  # KeyError for a provider without a connect flow
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(OAUTH_PROVIDERS)
+
+    def __len__(self) -> int:
+        return len(OAUTH_PROVIDERS)
+
+
+RECONNECT_URLS: Mapping[str, str] = _ReconnectUrls()
 
 
 @dataclasses.dataclass(frozen=True)

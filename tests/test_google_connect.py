@@ -17,12 +17,12 @@ from django.db import connection as db
 from django.test import Client
 from django.utils import timezone
 
-from connections import google_connect
 from connections.models import Connection, SyncFrequency, SyncStatus
 from connections.services import connection_create, workspace_create
 from syncing.budget import budget_used
 from syncing.models import SyncOutcome
 from syncing.providers.google import RECONNECT_MESSAGE, access_tokens, app_budget
+from syncing.providers.google import oauth as google_oauth
 from syncing.runner import connection_sync_run
 from syncing.services import connection_enqueue_sync
 from tests.fakes.google_ads import (
@@ -577,7 +577,7 @@ def test_an_unexpected_error_while_listing_is_a_clear_502(signed_in, google, mon
     def broken(**kwargs):
         raise RuntimeError("something the provider module did not expect")
 
-    monkeypatch.setattr(google_connect, "google_customers_accessible", broken)
+    monkeypatch.setattr(google_oauth, "google_customers_accessible", broken)
 
     response = back_from_google(signed_in, consent(signed_in, google))
 

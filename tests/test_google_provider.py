@@ -21,7 +21,7 @@ import time_machine
 from connections.models import Connection, SyncFrequency, SyncStatus
 from syncing.dispatcher import connections_claim_due
 from syncing.models import DailyMetric, SyncOutcome, SyncRun
-from syncing.providers import PROVIDERS, google_sdk, provider_for
+from syncing.providers import PROVIDERS, provider_for
 from syncing.providers.google import (
     RECONNECT_MESSAGE,
     GoogleCustomer,
@@ -30,6 +30,7 @@ from syncing.providers.google import (
     google_customers_accessible,
     google_error,
 )
+from syncing.providers.google import sdk as google_sdk
 from syncing.runner import connection_sync_run
 from syncing.services import connection_enqueue_sync
 from syncing.tasks import sync_connection
@@ -625,7 +626,7 @@ def test_a_forked_process_builds_its_own_channel_and_fetches_its_own_tokens(goog
 def test_importing_the_app_does_not_import_the_sdk():
     code = (
         "import sys, django; django.setup();"
-        "import syncing.providers, syncing.tasks, connections.google_connect, adsync.urls;"
+        "import syncing.providers, syncing.tasks, connections.connect, adsync.urls;"
         "print(sorted(m for m in ('grpc', 'google.ads.googleads', 'google.auth') if m in sys.modules))"
     )
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="adsync.settings")

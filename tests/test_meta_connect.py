@@ -20,7 +20,7 @@ from django.db import connections as db_connections
 from django.test import Client
 from django.urls import reverse
 
-from connections import meta_connect, services
+from connections import services
 from connections.models import Connection, SyncFrequency, SyncStatus
 from connections.services import (
     ConnectAccount,
@@ -32,6 +32,7 @@ from connections.services import (
 from connections.status import RECONNECT_URLS, access_expiry_text
 from syncing.models import DailyMetric
 from syncing.providers.meta import RECONNECT_MESSAGE
+from syncing.providers.meta import oauth as meta_oauth
 from syncing.runner import connection_sync_run
 from syncing.services import connection_enqueue_sync
 from tests.fakes.graph import VERSION, Answer, FakeGraph, insight
@@ -492,7 +493,7 @@ def test_unknown_time_zones_become_utc_with_a_warning(browser, graph, caplog):
 
 @pytest.mark.django_db
 def test_the_account_page_cap_is_said_on_the_page(browser, graph, monkeypatch, caplog):
-    monkeypatch.setattr(meta_connect, "MAX_ACCOUNT_PAGES", 1)
+    monkeypatch.setattr(meta_oauth, "MAX_ACCOUNT_PAGES", 1)
 
     browser.get(consent(browser))
     html = browser.get("/connect/meta/choose").content.decode()

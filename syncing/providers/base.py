@@ -1,21 +1,33 @@
-"""The provider interface: turn one connection and a date window into metric rows.
+"""The provider interface: turn one connection and a date window into metric rows and, for a
+platform whose accounts are connected through its OAuth sign-in, the calls of that sign-in.
 
 A provider knows nothing about scheduling or storage. It raises one of the errors below so the
 runner can decide what the user sees: transient errors are retried, throttling defers the
 connection without calling it a failure, auth errors ask the user to reconnect, anything else
 is shown with the platform's message.
+
+The connect flow itself (state, session, the choose page, the write) is connections/connect.py;
+it reaches a platform only through the registry (syncing.providers.OAUTH_PROVIDERS) and the
+OAuthProvider methods below, whose errors are ConnectError.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
+import zoneinfo
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    import httpx
+
     from connections.models import Connection
     from syncing.budget import Budget, CallMeter
+
+logger = logging.getLogger(__name__)
 
 # DailyMetric keeps 6 decimal places (syncing/models.py MONEY).
 STORED_PLACES = Decimal("0.000001")
@@ -111,3 +123,113 @@ class Provider(Protocol):
     ) -> FetchResult:
         """Fetch daily rows for since..until; call meter.spend() before every real API call."""
         ...
+
+
+# --- connecting accounts through the platform's OAuth sign-in (connections/connect.py) -----------
+
+
+class ConnectError(Exception):
+    """Something a person can act on, shown on the error page; never holds a token or a code."""
+
+    def __init__(self, message: str, status: int = 502):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConnectInfo:
+    """How the connect pages name a platform, and where its callback URL may be overridden."""
+
+    label: str  # "Meta", "Google Ads"
+    account_noun: str  # "Meta ad account"
+    login_noun: str  # "Meta login"
+    redirect_uri_setting: str  # the setting that overrides the callback URL
+    not_configured: str  # what Settings says when the installation has no app for it
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OAuthGrant:
+    """What the sign-in's code was traded for."""
+
+    # What each connection keeps (encrypted), merged under the account's own credentials.
+    credentials: dict = dataclasses.field(repr=False)
+    # When that access runs out; None for access that does not expire on a date.
+    expires_at: datetime | None
+    # The access token that lists the accounts (for Google, a short-lived one that is not kept).
+    access_token: str = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AccountOffer:
+    """An ad account a sign-in can reach, as the platform describes it, and the line the choose
+    page shows under its name."""
+
+    external_account_id: str
+    name: str
+    currency: str
+    timezone_name: str
+    hint: str
+    # Merged over the grant's credentials (Google: the manager to log in through).
+    credentials: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AccountListing:
+    """The accounts a sign-in can reach, in the order offered (by name)."""
+
+    accounts: list[AccountOffer]
+    # Things the person should know about the list ("3 closed accounts are not listed").
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+class OAuthProvider(Provider, Protocol):
+    """A provider whose accounts are connected through the platform's OAuth sign-in."""
+
+    connect_info: ConnectInfo
+
+    def oauth_configured(self) -> bool:
+        """Whether this installation has an app on the platform to sign in with."""
+        ...
+
+    def oauth_authorize_url(self, *, state: str, redirect_uri: str) -> str:
+        """The platform's consent screen, which comes back to redirect_uri with a code and state."""
+        ...
+
+    def oauth_exchange_code(self, *, code: str, redirect_uri: str, now: datetime) -> OAuthGrant:
+        """Trade the consent screen's code for access; ConnectError saying why not."""
+        ...
+
+    def accounts_list(self, *, access_token: str, now: datetime) -> AccountListing:
+        """The accounts the access token reaches; ConnectError saying why they cannot be listed."""
+        ...
+
+
+def json_object(response: httpx.Response) -> dict | None:
+    """The response's JSON object, or None for anything else (HTML, a list, nothing)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+@functools.cache
+def _known_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def zone_name(name: object, *, source: str) -> str:
+    """The platform's time zone name if this installation knows it; otherwise UTC, logged.
+
+    Checked against the list of zones rather than by loading one: ZoneInfo() of "America" (a
+    directory) or of a path raises errors of its own kinds.
+    """
+    if isinstance(name, str) and name in _known_zones():
+        return name
+    logger.warning("%s reported an unknown time zone %r; using UTC", source, name)
+    return "UTC"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

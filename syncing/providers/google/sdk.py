@@ -35,7 +35,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from syncing.budget import Budget
 from syncing.providers.base import AuthError, PermanentError
-from syncing.providers.google_errors import RECONNECT_MESSAGE, google_error
+from syncing.providers.google.errors import RECONNECT_MESSAGE, google_error
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """Connect Google Ads accounts: Google's OAuth authorization-code flow and the account listing.
 
-The flow itself (state, pending choice, choose page, the write) is connections/connect.py; this
-module holds what is Google's: the consent screen URL (adwords scope, offline access), the code
-exchange for tokens (httpx), and listing the client accounts the user can reach through the
-google-ads SDK (syncing.providers.google). The refresh token is kept only in the connection's
-encrypted credentials (and, until the choice, encrypted in the session); it is never logged,
-shown or returned.
+The flow itself (state, pending choice, choose page, the write) is connections/connect.py, which
+reaches this module through GoogleProvider's connect methods; this module holds what is Google's:
+the consent screen URL (adwords scope, offline access), the code exchange for tokens (httpx),
+and listing the client accounts the user can reach through the google-ads SDK (customers.py).
+The refresh token is kept only in the connection's encrypted credentials (and, until the
+choice, encrypted in the session); it is never logged, shown or returned.
 """
 
 from __future__ import annotations
@@ -16,27 +16,32 @@ from urllib.parse import urlencode
 
 import httpx
 from django.conf import settings
-from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ImproperlyConfigured
-from django.http import HttpRequest, HttpResponse
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from connections import connect
-from connections.connect import ConnectError, Flow, Offer, SignIn, json_object, zone_name
-from connections.models import Provider
-from connections.services import ConnectAccount
-from syncing.providers.base import ProviderError, ThrottledError
-from syncing.providers.google import ADWORDS_SCOPE, customer_id_format, google_customers_accessible
-from syncing.providers.google_customers import InstallationRefused, NoAdsAccounts
+from syncing.providers.base import (
+    AccountListing,
+    AccountOffer,
+    ConnectError,
+    ConnectInfo,
+    ProviderError,
+    ThrottledError,
+    json_object,
+    zone_name,
+)
+from syncing.providers.google.customers import (
+    InstallationRefused,
+    NoAdsAccounts,
+    customer_id_format,
+    google_customers_accessible,
+)
+from syncing.providers.google.sdk import ADWORDS_SCOPE
 
 logger = logging.getLogger(__name__)
 
-GOOGLE = Flow(
-    provider=Provider.GOOGLE,
+GOOGLE_CONNECT = ConnectInfo(
     label="Google Ads",
     account_noun="Google Ads account",
     login_noun="Google login",
-    url_prefix="google-connect",
     redirect_uri_setting="GOOGLE_OAUTH_REDIRECT_URI",
     not_configured="Connecting Google Ads accounts is not set up here (GOOGLE_CLIENT_ID and GOOGLE_CLIENT_SECRET).",
 )
@@ -44,7 +49,7 @@ GOOGLE = Flow(
 NAME_MAX = 200
 
 
-def _configured() -> bool:
+def google_oauth_configured() -> bool:
     return bool(settings.GOOGLE_CLIENT_ID and settings.GOOGLE_CLIENT_SECRET)
 
 
@@ -99,7 +104,7 @@ def google_code_exchange(*, code: str, redirect_uri: str) -> dict:
     return body
 
 
-def google_accounts(*, access_token: str, now: datetime) -> tuple[list[Offer], list[str]]:
+def google_accounts(*, access_token: str, now: datetime) -> AccountListing:
     """The client accounts the user can reach and notes for the person (accounts Google refused
     on their own, left out), or ConnectError saying why not."""
     notes: list[str] = []
@@ -129,43 +134,19 @@ def google_accounts(*, access_token: str, now: datetime) -> tuple[list[Offer], l
         raise ConnectError("Google Ads could not list your accounts (an unexpected error); try again.", 502) from None
     offers = []
     for customer in customers:
-        account = ConnectAccount(
-            external_account_id=customer.customer_id,
-            name=customer.name[:NAME_MAX],
-            currency=customer.currency[:3],
-            timezone_name=zone_name(customer.time_zone, source="Google Ads"),
-            credentials={"login_customer_id": customer.login_customer_id} if customer.login_customer_id else {},
-        )
-        hint = f"Customer {customer_id_format(customer.customer_id)} · {account.currency} · {account.timezone_name}"
+        currency = customer.currency[:3]
+        timezone_name = zone_name(customer.time_zone, source="Google Ads")
+        hint = f"Customer {customer_id_format(customer.customer_id)} · {currency} · {timezone_name}"
         if customer.login_customer_id:
             hint += f" · through manager {customer_id_format(customer.login_customer_id)}"
-        offers.append(Offer(account=account, hint=hint))
-    return offers, notes
-
-
-def google_sign_in(*, code: str, redirect_uri: str, now: datetime) -> SignIn:
-    tokens = google_code_exchange(code=code, redirect_uri=redirect_uri)
-    offers, notes = google_accounts(access_token=tokens["access_token"], now=now)
-    # Refresh tokens do not expire on a date; Google revokes them (then syncs ask to reconnect).
-    return SignIn(credentials={"refresh_token": tokens["refresh_token"]}, expires_at=None, offers=offers, notes=notes)
-
-
-# --- views -----------------------------------------------------------------------------------------
-
-
-@login_required
-@require_POST
-def google_connect_start(request: HttpRequest) -> HttpResponse:
-    return connect.start(request, GOOGLE, configured=_configured(), authorize_url=google_authorize_url)
-
-
-@login_required
-@require_GET
-def google_connect_callback(request: HttpRequest) -> HttpResponse:
-    return connect.callback(request, GOOGLE, sign_in=google_sign_in)
-
-
-@login_required
-@require_http_methods(["GET", "POST"])
-def google_connect_choose(request: HttpRequest) -> HttpResponse:
-    return connect.choose(request, GOOGLE)
+        offers.append(
+            AccountOffer(
+                external_account_id=customer.customer_id,
+                name=customer.name[:NAME_MAX],
+                currency=currency,
+                timezone_name=timezone_name,
+                hint=hint,
+                credentials={"login_customer_id": customer.login_customer_id} if customer.login_customer_id else {},
+            )
+        )
+    return AccountListing(accounts=offers, notes=notes)

@@ -1,13 +1,8 @@
-"""Google Ads provider: the google-ads SDK, GAQL search_stream over campaign, by day.
+"""The Google Ads provider: its budgets, the sync's GAQL query, and the connect methods.
 
-One GAQL query is one operation of Google's quota, which belongs to the app's OAuth client and
-is shared by every customer of the installation; it is budgeted for the installation and per
-customer (syncing/budget.py), and Google's own quota errors defer the connection.
-
-The parts, by role: google_sdk (the SDK's clients and gRPC channel, once per process, and the
-OAuth access tokens), google_errors (what the SDK raises, as provider errors), google_customers
-(the accounts a user can connect). This module is the provider itself; it also re-exports what
-the connect flow and the tests import from here.
+The fetch is one search_stream over campaign, by day, through the installation's SDK clients
+(sdk.py), with the connection's refresh token traded for an access token first; an access token
+Google refuses is refreshed once.
 """
 
 from __future__ import annotations
@@ -20,11 +15,16 @@ from typing import Any
 from django.conf import settings
 
 from syncing.budget import Budget, CallMeter
-from syncing.providers.base import FetchResult, MetricRow, ProviderError, decimal_exact
-from syncing.providers.google_customers import GoogleCustomer, customer_id_format, google_customers_accessible
-from syncing.providers.google_errors import RECONNECT_MESSAGE, access_token_rejected, google_error
-from syncing.providers.google_sdk import (
-    ADWORDS_SCOPE,
+from syncing.providers.base import AccountListing, FetchResult, MetricRow, OAuthGrant, ProviderError, decimal_exact
+from syncing.providers.google.errors import access_token_rejected, google_error
+from syncing.providers.google.oauth import (
+    GOOGLE_CONNECT,
+    google_accounts,
+    google_authorize_url,
+    google_code_exchange,
+    google_oauth_configured,
+)
+from syncing.providers.google.sdk import (
     DAY,
     GoogleAdsSdk,
     access_tokens,
@@ -35,21 +35,6 @@ from syncing.providers.google_sdk import (
     google_ads_sdk,
     require_configured,
 )
-
-__all__ = [
-    "ADWORDS_SCOPE",
-    "RECONNECT_MESSAGE",
-    "GoogleCustomer",
-    "GoogleProvider",
-    "access_tokens",
-    "app_budget",
-    "customer_budget",
-    "customer_id_format",
-    "customer_id_normalize",
-    "google_ads_sdk",
-    "google_customers_accessible",
-    "google_error",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +61,7 @@ def customer_budget(customer_id: str) -> Budget:
 class GoogleProvider:
     slug = "google"
     label = "Google"
+    connect_info = GOOGLE_CONNECT
 
     @property
     def default_lookback_days(self) -> int:
@@ -111,6 +97,26 @@ class GoogleProvider:
             return FetchResult(rows=search())
         except Exception as exc:
             raise self._failed(customer_id, exc, now) from None
+
+    # --- connecting accounts (connections/connect.py; the calls are in oauth.py) ---------------
+
+    def oauth_configured(self) -> bool:
+        return google_oauth_configured()
+
+    def oauth_authorize_url(self, *, state: str, redirect_uri: str) -> str:
+        return google_authorize_url(state=state, redirect_uri=redirect_uri)
+
+    def oauth_exchange_code(self, *, code: str, redirect_uri: str, now: datetime) -> OAuthGrant:
+        tokens = google_code_exchange(code=code, redirect_uri=redirect_uri)
+        # Refresh tokens do not expire on a date; Google revokes them (then syncs ask to reconnect).
+        return OAuthGrant(
+            credentials={"refresh_token": tokens["refresh_token"]}, expires_at=None, access_token=tokens["access_token"]
+        )
+
+    def accounts_list(self, *, access_token: str, now: datetime) -> AccountListing:
+        return google_accounts(access_token=access_token, now=now)
+
+    # --- the fetch's parts -----------------------------------------------------------------------
 
     @classmethod
     def _search(cls, sdk: GoogleAdsSdk, customer_id: str, query: str, metadata: list, currency: str) -> list[MetricRow]:

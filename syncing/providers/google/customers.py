@@ -1,4 +1,4 @@
-"""The Google Ads accounts a user can connect (the connect flow, connections/google_connect.py)."""
+"""The Google Ads accounts a user can connect (the connect flow's account listing, oauth.py)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from django.utils import timezone
 
 from syncing.budget import CallMeter
 from syncing.providers.base import PermanentError, ProviderError
-from syncing.providers.google_errors import (
+from syncing.providers.google.errors import (
     DEVELOPER_TOKEN_REFUSED,
     INSTALLATION_REFUSED,
     ONE_CUSTOMER_ONLY,
     google_error,
     google_failure,
 )
-from syncing.providers.google_sdk import (
+from syncing.providers.google.sdk import (
     app_budget,
     call_metadata,
     customer_id_normalize,

@@ -1,10 +1,11 @@
 """Connect Meta ad accounts: Meta's OAuth dialog, the token exchanges, and the account listing.
 
-The flow itself (state, pending choice, choose page, the write) is connections/connect.py; this
-module holds what is Meta's: the dialog URL, code -> short-lived token -> long-lived token (~60
-days), and /me/adaccounts, all over httpx. Tokens and codes are never rendered, logged or put
-in an error message: Meta's error texts pass through redact(), and httpx's request log lines
-(which carry the query string) are redacted by the filter settings.LOGGING puts on "httpx".
+The flow itself (state, pending choice, choose page, the write) is connections/connect.py, which
+reaches this module through MetaProvider's connect methods; this module holds what is Meta's:
+the dialog URL, code -> short-lived token -> long-lived token (~60 days), and /me/adaccounts,
+all over httpx. Tokens and codes are never rendered, logged or put in an error message: Meta's
+error texts pass through redact(), and httpx's request log lines (which carry the query string)
+are redacted by the filter settings.LOGGING puts on "httpx".
 """
 
 from __future__ import annotations
@@ -18,25 +19,25 @@ from urllib.parse import urlencode
 
 import httpx
 from django.conf import settings
-from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from adsync.redaction import redact
-from connections import connect
-from connections.connect import ConnectError, Flow, Offer, SignIn, json_object, plural, zone_name
-from connections.models import Provider
-from connections.services import ConnectAccount
-from syncing.providers.meta import account_number
+from syncing.providers.base import (
+    AccountListing,
+    AccountOffer,
+    ConnectError,
+    ConnectInfo,
+    json_object,
+    plural,
+    zone_name,
+)
+from syncing.providers.meta.client import account_number
 
 logger = logging.getLogger(__name__)
 
-META = Flow(
-    provider=Provider.META,
+META_CONNECT = ConnectInfo(
     label="Meta",
     account_noun="Meta ad account",
     login_noun="Meta login",
-    url_prefix="meta-connect",
     redirect_uri_setting="META_OAUTH_REDIRECT_URI",
     not_configured=(
         "Connecting Meta accounts is not set up here (META_APP_ID and META_APP_SECRET). "
@@ -62,7 +63,7 @@ class MetaToken:
     expires_at: datetime | None
 
 
-def _configured() -> bool:
+def meta_oauth_configured() -> bool:
     return bool(settings.META_APP_ID and settings.META_APP_SECRET)
 
 
@@ -129,10 +130,10 @@ def meta_token_exchange(*, code: str, redirect_uri: str, now: datetime) -> MetaT
     return MetaToken(access_token=token, expires_at=_expires_at(long.get("expires_in"), now))
 
 
-def meta_ad_accounts(*, access_token: str) -> tuple[list[Offer], list[str]]:
+def meta_ad_accounts(*, access_token: str) -> AccountListing:
     """The ad accounts the token may read that are neither disabled nor closed, every page, sorted
     by name; and notes for the person (accounts left out)."""
-    offers: list[Offer] = []
+    offers: list[AccountOffer] = []
     inactive = 0
     truncated = False
     params = {
@@ -171,8 +172,8 @@ def meta_ad_accounts(*, access_token: str) -> tuple[list[Offer], list[str]]:
         notes.append(f"{plural(inactive, 'ad account')} that Meta reports as disabled or closed {verb} not listed.")
     if truncated:
         notes.append(f"This Meta login reaches more ad accounts than we list; only the first {len(offers)} are shown.")
-    offers.sort(key=lambda o: (o.account.name.lower(), o.account.external_account_id))
-    return offers, notes
+    offers.sort(key=lambda o: (o.name.lower(), o.external_account_id))
+    return AccountListing(accounts=offers, notes=notes)
 
 
 def _status(value: object) -> int | None:
@@ -183,40 +184,13 @@ def _status(value: object) -> int | None:
         return None
 
 
-def _offer(number: str, item: dict) -> Offer:
-    account = ConnectAccount(
+def _offer(number: str, item: dict) -> AccountOffer:
+    currency = str(item.get("currency") or "USD")[:3]
+    timezone_name = zone_name(item.get("timezone_name") or "UTC", source="Meta")
+    return AccountOffer(
         external_account_id=number,
         name=str(item.get("name") or f"Ad account {number}")[:200],
-        currency=str(item.get("currency") or "USD")[:3],
-        timezone_name=zone_name(item.get("timezone_name") or "UTC", source="Meta"),
+        currency=currency,
+        timezone_name=timezone_name,
+        hint=f"Account {number} · {currency} · {timezone_name}",
     )
-    return Offer(account=account, hint=f"Account {number} · {account.currency} · {account.timezone_name}")
-
-
-def meta_sign_in(*, code: str, redirect_uri: str, now: datetime) -> SignIn:
-    token = meta_token_exchange(code=code, redirect_uri=redirect_uri, now=now)
-    offers, notes = meta_ad_accounts(access_token=token.access_token)
-    return SignIn(
-        credentials={"access_token": token.access_token}, expires_at=token.expires_at, offers=offers, notes=notes
-    )
-
-
-# --- views ------------------------------------------------------------------------------------
-
-
-@login_required
-@require_POST
-def meta_connect_start(request: HttpRequest) -> HttpResponse:
-    return connect.start(request, META, configured=_configured(), authorize_url=meta_authorize_url)
-
-
-@login_required
-@require_GET
-def meta_connect_callback(request: HttpRequest) -> HttpResponse:
-    return connect.callback(request, META, sign_in=meta_sign_in)
-
-
-@login_required
-@require_http_methods(["GET", "POST"])
-def meta_connect_choose(request: HttpRequest) -> HttpResponse:
-    return connect.choose(request, META)
