@@ -1,5 +1,5 @@
 # The two commands: `make run` (try AdSync on this machine) and `make test` (the whole suite).
-# CI (.ci/run) calls `make test` and `make lint`.
+# CI (.ci/run) calls `make lint` (ruff, import-linter, mypy) and `make test`.
 
 PYTHON ?= python3
 VENV := .venv
@@ -49,6 +49,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 format: install
 	$(VENV)/bin/ruff format .

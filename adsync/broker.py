@@ -27,6 +27,7 @@ import shutil
 import uuid
 from queue import Empty
 from time import monotonic
+from typing import Any
 
 from kombu.exceptions import ChannelError
 from kombu.transport import TRANSPORT_ALIASES, filesystem
@@ -50,7 +51,9 @@ def _hidden(filename: str, suffix: str) -> str:
 class Channel(filesystem.Channel):
     """kombu's filesystem Channel, with messages and exchange tables that appear complete."""
 
-    def _put(self, queue, payload, **kwargs):
+    # kombu's own filesystem.Channel._put (this one's parent) names AbstractChannel._put's "message"
+    # "payload"; no signature matches both, and kombu passes both positionally.
+    def _put(self, queue: str, payload: dict[str, Any], **kwargs: Any) -> None:  # type: ignore[override]
         """Put `payload` onto `queue`: write it under a hidden name, then rename it into place."""
         # kombu's name: consumers take messages in the order of these names.
         filename = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
@@ -76,8 +79,11 @@ class Channel(filesystem.Channel):
                 os.remove(temporary)
             raise ChannelError(f"Cannot add file {path!r} to directory") from exc
 
-    def _get(self, queue):
-        """Get the next message from `queue`; unreadable files are moved aside, not raised."""
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        """Get the next message from `queue`; unreadable files are moved aside, not raised.
+
+        A polling transport: `timeout` (the virtual Channel's signature) is not waited for, as in
+        kombu's filesystem Channel, which takes no timeout at all."""
         queue_find = f"{queue}.msg"
         folder = self.data_folder_in
         for filename in sorted(os.listdir(folder)):

@@ -11,11 +11,13 @@ import hashlib
 import ipaddress
 import re
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from adsync.env import envbool, envfloat, envint, envlist, envstr
+from syncing.task_names import DISPATCH_TASK_NAME, PRUNE_TASK_NAME, SYNC_TASK_NAME
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(envstr("ADSYNC_DATA_DIR", str(BASE_DIR / ".data")))
@@ -102,13 +104,15 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------------
+# Django's keys: on SQLite NAME is a Path, which dj_database_url's DBConfig (NAME: str) does not allow.
+DATABASES: dict[str, dict[str, Any]]
 if DATABASE_URL:
     # Connections are kept between requests (DB_CONN_MAX_AGE). A kept one that a PostgreSQL restart
     # or failover closed is checked at its first use in a request and replaced, instead of failing
     # that request with a 500.
     DATABASES = {
-        "default": dj_database_url.parse(
-            DATABASE_URL, conn_max_age=envint("DB_CONN_MAX_AGE", 60), conn_health_checks=True
+        "default": dict(
+            dj_database_url.parse(DATABASE_URL, conn_max_age=envint("DB_CONN_MAX_AGE", 60), conn_health_checks=True)
         )
     }
     # libpq waits for a server that does not answer for as long as it takes, holding the gunicorn
@@ -219,6 +223,8 @@ if BROKER_VISIBILITY_TIMEOUT <= SYNC_TASK_TIME_LIMIT:
     # A message is redelivered while its task still runs once the visibility timeout passes.
     raise ImproperlyConfigured("BROKER_VISIBILITY_TIMEOUT must be longer than SYNC_TASK_TIME_LIMIT")
 
+# kombu's options for the transport: numbers for Redis, folders (str) for the filesystem.
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any]
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -261,11 +267,11 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 CELERY_TASK_DEFAULT_QUEUE = "sync_jobs"
 CELERY_TASK_ROUTES = {
-    "syncing.sync_connection": {"queue": "sync_jobs"},
+    SYNC_TASK_NAME: {"queue": "sync_jobs"},
     # The dispatcher has a queue of its own, consumed by a worker process of its own (see
     # docker-compose.yml, make run), so that slow syncs filling every sync slot never delay a tick.
-    "syncing.dispatch_due_syncs": {"queue": "dispatch"},
-    "syncing.prune_sync_runs": {"queue": "dispatch"},
+    DISPATCH_TASK_NAME: {"queue": "dispatch"},
+    PRUNE_TASK_NAME: {"queue": "dispatch"},
 }
 # At-least-once delivery that does no harm: the message is acknowledged after the task, a
 # killed pool child's message is requeued, and each process holds one message at a time. A
@@ -288,13 +294,13 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # The DatabaseScheduler copies these into the admin's Periodic tasks, where ops can pause them.
 CELERY_BEAT_SCHEDULE = {
     "dispatch-due-syncs": {
-        "task": "syncing.dispatch_due_syncs",
+        "task": DISPATCH_TASK_NAME,
         "schedule": SYNC_DISPATCH_INTERVAL,
         # A tick that waited longer than a few intervals is stale: the next one does its work.
         "options": {"expire_seconds": max(5, int(SYNC_DISPATCH_INTERVAL * 5))},
     },
     "prune-sync-runs": {
-        "task": "syncing.prune_sync_runs",
+        "task": PRUNE_TASK_NAME,
         "schedule": 3600.0,
         "options": {"expire_seconds": 600},
     },

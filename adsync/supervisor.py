@@ -26,7 +26,7 @@ import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 WEB_URL = "http://127.0.0.1:8000"
@@ -60,14 +60,21 @@ class _Child:
     def __init__(self, spec: ProcessSpec, log_path: Path):
         self.spec = spec
         self.log_path = log_path
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.log_start = 0  # where this run's output begins in the log (earlier runs' precede it)
-        self.reader = None  # our read handle on the log, for echoing its new lines
+        self.reader: BinaryIO | None = None  # our read handle on the log, for echoing its new lines
         self.partial = b""  # the end of the log after its last newline
         self.backoff = 0.0
         self.restart_at: float | None = None
         self.deaths: deque[float] = deque()
+
+    @property
+    def started(self) -> subprocess.Popen[bytes]:
+        """The process of its current run; only asked for after Supervisor._start started one."""
+        if self.process is None:
+            raise RuntimeError(f"{self.spec.name} has not been started")
+        return self.process
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -114,8 +121,8 @@ class Supervisor:
         finally:  # after an error of our own, leave nothing running
             for child in self.children:
                 if child.alive():
-                    _killpg(child.process.pid, signal.SIGKILL)
-                    child.process.wait()
+                    _killpg(child.started.pid, signal.SIGKILL)
+                    child.started.wait()
 
     def _on_signal(self, signum, frame) -> None:
         self.signals += 1
@@ -130,7 +137,7 @@ class Supervisor:
         for child in self.children:
             if not self._start(child):
                 return self._stop(exit_code=1)
-        started = ", ".join(f"{c.spec.name} (pid {c.process.pid})" for c in self.children)
+        started = ", ".join(f"{c.spec.name} (pid {c.started.pid})" for c in self.children)
         self._say(f"Started {started}. Waiting for {self.ready_url} ...")
 
         ready = False
@@ -144,8 +151,8 @@ class Supervisor:
                     if now >= child.restart_at:
                         if not self._start(child):
                             return self._stop(exit_code=1)
-                        self._say(f"Restarted {child.spec.name} (pid {child.process.pid}).")
-                elif child.process.poll() is not None and not self._on_death(child, now):
+                        self._say(f"Restarted {child.spec.name} (pid {child.started.pid}).")
+                elif child.started.poll() is not None and not self._on_death(child, now):
                     return self._stop(exit_code=1)
             if not ready and now >= next_ready_check:
                 ready, problem = self._check_ready()
@@ -190,8 +197,8 @@ class Supervisor:
         """Report a process that exited on its own and schedule its restart; False: crash loop."""
         name = child.spec.name
         self._echo_logs()
-        _killpg(child.process.pid, signal.SIGKILL)  # what it left behind (a worker's pool)
-        self._say(f"{name} died: {_describe_exit(child.process.returncode)}. Last lines of {_shown(child.log_path)}:")
+        _killpg(child.started.pid, signal.SIGKILL)  # what it left behind (a worker's pool)
+        self._say(f"{name} died: {_describe_exit(child.started.returncode)}. Last lines of {_shown(child.log_path)}:")
         for line in self._log_tail(child, 10) or ["(no output)"]:
             self._say(f"    {line}")
 
@@ -224,7 +231,7 @@ class Supervisor:
         for child in running:
             # The process itself, not its group: a Celery worker stops its pool in order (signalled
             # too, the pool's processes would die under it, and it would log each one as an error).
-            child.process.send_signal(signal.SIGTERM)
+            child.started.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout
         while any(c.alive() for c in running) and time.monotonic() < deadline and self.signals == signals_before:
             if self.verbose:
@@ -236,8 +243,8 @@ class Supervisor:
         elif stragglers:
             self._say(f"{', '.join(stragglers)} did not stop within {self.stop_timeout:g} s: killed.")
         for child in running:
-            _killpg(child.process.pid, signal.SIGKILL)  # the whole group: stragglers too
-            child.process.wait()
+            _killpg(child.started.pid, signal.SIGKILL)  # the whole group: stragglers too
+            child.started.wait()
         self._echo_logs()
         for child in self.children:
             self._flush_partial(child)

@@ -58,9 +58,8 @@ import _setup
 from _setup import heading, out, verdict
 from django.contrib.auth import get_user_model
 
-from connections.authentication import api_token_issue
 from connections.models import Connection
-from connections.services import workspace_add_member
+from connections.services import api_token_issue, workspace_add_member
 
 TARGET_RATIO = 2.0
 SATURATED_MEDIAN = 0.1  # seconds; see "kept up" in main()

@@ -4,7 +4,6 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from connections.authentication import api_token_issue
 from connections.models import (
     ApiToken,
     Connection,
@@ -13,9 +12,18 @@ from connections.models import (
     SyncTrigger,
     Workspace,
 )
-from connections.services import connection_credentials_replace, connections_set_frequency_all
+from connections.services import (
+    EDITABLE_FIELDS,
+    api_token_issue,
+    api_token_rename,
+    api_token_revoke,
+    connection_create,
+    connection_credentials_replace,
+    connection_update,
+    connections_set_frequency_all,
+    workspace_add_member,
+)
 from connections.status import Freshness, connection_freshness, relative_time, stats_line
-from syncing import schedule
 from syncing.services import BrokerUnavailable, connection_enqueue_sync, syncs_reset_stuck
 
 
@@ -31,20 +39,19 @@ class WorkspaceAdmin(admin.ModelAdmin):
     search_fields = ["name", "public_id"]
     inlines = [MembershipInline]
 
-
-# Model fields an existing connection's admin form may change; the sync state is read-only, and
-# the frequency is set only when adding (later through the Settings page, API or actions, which
-# recompute next_sync_at).
-EDITABLE_FIELDS = [
-    "workspace",
-    "provider",
-    "external_account_id",
-    "name",
-    "currency",
-    "timezone",
-    "lookback_days",
-    "provider_options",
-]
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not Membership:
+            super().save_formset(request, form, formset, change)
+            return
+        # A teammate added here joins through the service, like everyone else.
+        memberships = formset.save(commit=False)
+        for membership in formset.deleted_objects:
+            membership.delete()
+        for membership in memberships:
+            if membership.pk is None:
+                workspace_add_member(workspace=form.instance, user=membership.user, role=membership.role)
+            else:
+                membership.save()
 
 
 class ConnectionAdminForm(forms.ModelForm):
@@ -58,10 +65,14 @@ class ConnectionAdminForm(forms.ModelForm):
 
     class Meta:
         model = Connection
+        # The model fields an existing connection may change (connections.services.EDITABLE_FIELDS);
+        # the sync state is read-only, and the frequency is set only when adding (later through the
+        # Settings page, API or actions, which recompute next_sync_at).
         fields = [*EDITABLE_FIELDS, "sync_frequency"]
 
     def clean(self):
         cleaned = super().clean()
+        assert cleaned is not None  # ModelForm.clean() returns cleaned_data
         if cleaned.get("meta_access_token") and cleaned.get("provider", self.instance.provider) != "meta":
             self.add_error("meta_access_token", "Only Meta connections take a Meta access token.")
         return cleaned
@@ -110,23 +121,29 @@ class ConnectionAdmin(admin.ModelAdmin):
         now = timezone.now()
         # A pasted system-user token (they do not expire), encrypted by the field.
         token = form.cleaned_data.get("meta_access_token")
-        if token and not change:
-            obj.credentials = {"access_token": token}
-            obj.credentials_expires_at = None
         if not change:
-            # A connection added here is scheduled like any other (next_sync_at from its frequency).
-            obj.next_sync_at = schedule.next_sync_after_change(
-                frequency=obj.sync_frequency, last_attempted_at=None, public_id=obj.public_id, now=now
+            # A connection added here is created and scheduled like any other (next_sync_at from
+            # its frequency); the admin goes on with the saved row.
+            created = connection_create(
+                workspace=obj.workspace,
+                provider=obj.provider,
+                external_account_id=obj.external_account_id,
+                name=obj.name,
+                currency=obj.currency,
+                timezone_name=obj.timezone,
+                credentials={"access_token": token} if token else None,
+                sync_frequency=obj.sync_frequency,
+                provider_options=obj.provider_options,
+                lookback_days=obj.lookback_days,
+                now=now,
             )
-        if change:
-            # Only what the form edits: a full-row save would write back the sync state as it was
-            # read when the page opened, over whatever the worker changed since.
-            edited = [name for name in form.changed_data if name in EDITABLE_FIELDS]
-            if edited:
-                obj.save(update_fields=edited)
-        else:
-            super().save_model(request, obj, form, change)
-        if token and change:
+            # The admin goes on with the saved row (its log entry, the redirect to its page).
+            obj.__dict__.update(created.__dict__)
+            return
+        # Only what the form edits: a full-row save would write back the sync state as it was
+        # read when the page opened, over whatever the worker changed since.
+        connection_update(connection=obj, fields=[name for name in form.changed_data if name in EDITABLE_FIELDS])
+        if token:
             # A reconnect, like the OAuth flows': one failing on expired access is scheduled again.
             connection_credentials_replace(
                 connection=obj, credentials={"access_token": token}, expires_at=None, now=now
@@ -197,7 +214,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            super().save_model(request, obj, form, change)
+            api_token_rename(token=obj, name=obj.name)
             return
         token, key = api_token_issue(user=obj.user, name=obj.name)
         obj.pk = token.pk
@@ -207,5 +224,6 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected tokens")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
-        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        now = timezone.now()
+        count = sum(api_token_revoke(token=token, now=now) for token in queryset.filter(revoked_at__isnull=True))
         self.message_user(request, f"Revoked {count} token(s).")

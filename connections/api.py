@@ -90,7 +90,8 @@ class SyncRunPagination(CursorPagination):
         cursor = super().decode_cursor(request)
         if cursor is not None and cursor.position is not None:
             try:
-                valid = parse_datetime(cursor.position) is not None
+                # (The stubs say int; CursorPagination with a datetime ordering keeps a string.)
+                valid = parse_datetime(str(cursor.position)) is not None
             except ValueError:
                 valid = False
             if not valid:

@@ -9,8 +9,6 @@ spec's examples work as written.
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -20,27 +18,13 @@ from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from connections.models import ApiToken
+from connections.services import token_hash
 
 TOKEN_KEYWORDS = ("token", "bearer")
 COOKIE_NAME = "access_token"
 # last_used_at is for people auditing tokens; writing it on every request would cost a write
 # per API call, so it is refreshed at most this often.
 LAST_USED_RESOLUTION = timedelta(minutes=5)
-
-
-def token_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def api_token_issue(*, user, name: str = "") -> tuple[ApiToken, str]:
-    """Create a token; returns it and the key, which is never stored and cannot be shown again."""
-    key = "ads_" + secrets.token_urlsafe(32)
-    token = ApiToken.objects.create(user=user, name=name, prefix=key[:12], key_hash=token_hash(key))
-    return token, key
-
-
-def api_token_revoke(*, token: ApiToken) -> None:
-    ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
 
 
 def _authenticate_key(key: str):

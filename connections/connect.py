@@ -29,7 +29,7 @@ from cryptography.fernet import InvalidToken
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -39,6 +39,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from connections.fields import fernet
 from connections.models import Connection, Workspace
+from connections.request_user import signed_in_user
 from connections.services import ConnectAccount, connections_connect_accounts
 from connections.status import access_expiry_text
 from syncing.providers import OAUTH_PROVIDERS
@@ -142,7 +143,7 @@ def oauth_sign_in(provider: OAuthProvider, *, code: str, redirect_uri: str, now:
     return SignIn(credentials=grant.credentials, expires_at=grant.expires_at, offers=offers, notes=listing.notes)
 
 
-def user_workspaces(user: AbstractBaseUser) -> list[Workspace]:
+def user_workspaces(user: User) -> list[Workspace]:
     return list(Workspace.objects.filter(memberships__user=user).order_by("name", "pk"))
 
 
@@ -236,7 +237,7 @@ def start(request: HttpRequest, flow: Flow, *, configured: bool, authorize_url: 
     if not configured:
         messages.error(request, flow.not_configured)
         return redirect("settings")
-    if not user_workspaces(request.user):
+    if not user_workspaces(signed_in_user(request)):
         return error_page(
             request, flow, "You are not a member of any workspace, so there is nowhere to add accounts.", 403
         )
@@ -287,7 +288,7 @@ def choose(request: HttpRequest, flow: Flow) -> HttpResponse:
             "minutes); start again.",
             400,
         )
-    workspaces = user_workspaces(request.user)
+    workspaces = user_workspaces(signed_in_user(request))
     offered = {offer.account.external_account_id: offer for offer in sign_in.offers}
     connected_in = _connected_in(workspaces, flow, list(offered))
     names_in = {account_id: ", ".join(w.name for w in found) for account_id, found in connected_in.items()}

@@ -7,6 +7,7 @@ encrypts, every key decrypts.
 
 import json
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
@@ -26,7 +27,15 @@ def fernet() -> MultiFernet:
     return _fernet(tuple(settings.ENCRYPTION_KEYS))
 
 
-class EncryptedJSONField(models.TextField):
+if TYPE_CHECKING:
+    # For django-stubs: the model attribute is a dict, set and read, not TextField's str. (Field
+    # classes take type arguments only under django_stubs_ext.monkeypatch() at run time.)
+    _TextStoredDict = models.TextField[dict[str, Any], dict[str, Any]]
+else:
+    _TextStoredDict = models.TextField
+
+
+class EncryptedJSONField(_TextStoredDict):
     """Stores a JSON-serialisable dict as one Fernet token; {} is stored as the empty string."""
 
     def __init__(self, *args, **kwargs):

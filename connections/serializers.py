@@ -5,14 +5,12 @@ from __future__ import annotations
 from datetime import UTC
 
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from connections.models import BUSY_STATUSES, Connection, SyncFrequency, SyncStatus
-from connections.status import FREQUENCY_LABELS, Freshness, connection_freshness, stats_line
-from syncing.models import SyncOutcome, SyncRun, SyncWindow
-
-JOB_STATUSES = ["queued", "syncing", "succeeded", "failed", "rate_limited", "interrupted"]
+from connections.models import Connection, SyncFrequency, SyncStatus
+from connections.status import Freshness
+from connections.sync_status import connection_details_data, connection_sync_status_data
+from syncing.models import JobStatus, SyncOutcome, SyncRun, SyncWindow
 
 VALID_FREQUENCIES = ", ".join(SyncFrequency.values)
 
@@ -59,6 +57,9 @@ class SyncFrequencyIn(StrictSerializer):
 class SyncStatusOut(serializers.Serializer):
     """The spec's sync-status object, its eight fields exactly as named there, plus extras."""
 
+    # The fields declare the object (for the schema); its values come from
+    # connection_sync_status_data, which `manage.py sync_status --json` prints too.
+
     sync_frequency = serializers.ChoiceField(choices=SyncFrequency.choices)
     sync_status = serializers.ChoiceField(choices=SyncStatus.choices)
     last_sync_attempted_at = UTCDateTimeField(allow_null=True)
@@ -71,32 +72,23 @@ class SyncStatusOut(serializers.Serializer):
     id = serializers.UUIDField(source="public_id")
     name = serializers.CharField()
     provider = serializers.CharField()
-    sync_frequency_label = serializers.SerializerMethodField()
-    job_id = serializers.SerializerMethodField(help_text="The queued or running job, if any.")
+    sync_frequency_label = serializers.CharField(read_only=True)
+    job_id = serializers.UUIDField(allow_null=True, read_only=True, help_text="The queued or running job, if any.")
     next_sync_at = UTCDateTimeField(allow_null=True)
     rate_limited_until = UTCDateTimeField(allow_null=True)
-    freshness = serializers.SerializerMethodField(
-        help_text="Judged against the schedule: on_time, delayed (older than one interval), stale (two)."
+    freshness = serializers.ChoiceField(
+        choices=Freshness.choices,
+        read_only=True,
+        help_text="Judged against the schedule: on_time, delayed (older than one interval), stale (two).",
     )
-    stats = serializers.SerializerMethodField(help_text='For example "45 attempts | 12 changes (26.7%)".')
+    stats = serializers.CharField(read_only=True, help_text='For example "45 attempts | 12 changes (26.7%)".')
 
     def _now(self):
-        # One clock reading per response (passed in context by the view), not one per field.
+        # One clock reading per response (passed in context by the view), not one per connection.
         return self.context.get("now") or timezone.now()
 
-    def get_sync_frequency_label(self, connection: Connection) -> str:
-        return FREQUENCY_LABELS[connection.sync_frequency]
-
-    @extend_schema_field(serializers.UUIDField(allow_null=True))
-    def get_job_id(self, connection: Connection) -> str | None:
-        return str(connection.job_id) if connection.sync_status in BUSY_STATUSES else None
-
-    @extend_schema_field(serializers.ChoiceField(choices=Freshness.choices))
-    def get_freshness(self, connection: Connection) -> str:
-        return connection_freshness(connection, self._now())
-
-    def get_stats(self, connection: Connection) -> str:
-        return stats_line(connection.total_syncs_attempted, connection.total_syncs_with_changes)
+    def to_representation(self, instance: Connection) -> dict[str, object]:
+        return connection_sync_status_data(connection=instance, now=self._now())
 
 
 class ConnectionOut(SyncStatusOut):
@@ -106,6 +98,9 @@ class ConnectionOut(SyncStatusOut):
     currency = serializers.CharField()
     timezone = serializers.CharField()
     created_at = UTCDateTimeField()
+
+    def to_representation(self, instance: Connection) -> dict[str, object]:
+        return {**super().to_representation(instance), **connection_details_data(connection=instance)}
 
 
 class SyncNowOut(serializers.Serializer):
@@ -144,7 +139,7 @@ class SyncRunOut(serializers.ModelSerializer):
 class JobOut(serializers.Serializer):
     job_id = serializers.UUIDField()
     connection_id = serializers.UUIDField()
-    status = serializers.ChoiceField(choices=JOB_STATUSES)
+    status = serializers.ChoiceField(choices=JobStatus.values)
     finished = serializers.BooleanField(help_text="True once the job will not change any more.")
     queued_at = UTCDateTimeField(allow_null=True)
     started_at = UTCDateTimeField(allow_null=True)

@@ -1,19 +1,28 @@
-"""Writes to workspaces and connections (the sync state machine lives in syncing/services.py)."""
+"""Writes to workspaces, connections and API tokens.
+
+A connection's sync state and schedule (sync_status, job_id, queued_at, queued_trigger,
+next_sync_at, rate_limited_until) are written by the state machine in syncing/services.py only:
+a frequency change or a reconnect is validated or stored here and calls it for those columns.
+A new row is the exception: it is inserted here with its first slot (connection_create).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import hashlib
+import secrets
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from connections.models import AUTH_ERROR_KIND, Connection, Membership, Provider, SyncFrequency, SyncStatus, Workspace
+from connections.models import ApiToken, Connection, Membership, Provider, SyncFrequency, Workspace
 from syncing import schedule
+from syncing.services import connection_reschedule, connection_resume_after_reconnect, connections_unschedule
 
 
 def frequency_validate(value: object) -> str:
@@ -26,18 +35,48 @@ def frequency_validate(value: object) -> str:
     return str(value)
 
 
-def workspace_create(*, name: str, owner: AbstractBaseUser) -> Workspace:
+def workspace_create(*, name: str, owner: User) -> Workspace:
     with transaction.atomic():
         workspace = Workspace.objects.create(name=name)
         Membership.objects.create(workspace=workspace, user=owner, role=Membership.Role.OWNER)
     return workspace
 
 
-def workspace_add_member(
-    *, workspace: Workspace, user: AbstractBaseUser, role: str = Membership.Role.MEMBER
-) -> Membership:
+def workspace_add_member(*, workspace: Workspace, user: User, role: str = Membership.Role.MEMBER) -> Membership:
+    """The user's membership of the workspace; one they already have keeps its role."""
     membership, _ = Membership.objects.get_or_create(workspace=workspace, user=user, defaults={"role": role})
     return membership
+
+
+# --- API tokens ---------------------------------------------------------------------------------
+
+
+def token_hash(key: str) -> str:
+    """How a key is stored and looked up (connections.authentication): its SHA-256, never the key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def api_token_issue(*, user: User, name: str = "") -> tuple[ApiToken, str]:
+    """Create a token; returns it and the key, which is never stored and cannot be shown again."""
+    key = "ads_" + secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(user=user, name=name, prefix=key[:12], key_hash=token_hash(key))
+    return token, key
+
+
+def api_token_rename(*, token: ApiToken, name: str) -> None:
+    """Only the label: a full-row save would write back revoked_at as it was read, un-revoking a
+    token revoked meanwhile."""
+    ApiToken.objects.filter(pk=token.pk).update(name=name)
+    token.name = name
+
+
+def api_token_revoke(*, token: ApiToken, now: datetime | None = None) -> bool:
+    """Revoke the token; False when it already was (its revocation time is kept)."""
+    now = now or timezone.now()
+    return ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=now) == 1
+
+
+# --- connections --------------------------------------------------------------------------------
 
 
 def connection_create(
@@ -51,8 +90,10 @@ def connection_create(
     credentials: dict | None = None,
     sync_frequency: str = SyncFrequency.MANUAL,
     provider_options: dict | None = None,
+    lookback_days: int | None = None,
     now: datetime | None = None,
 ) -> Connection:
+    """A new connection, idle, scheduled from its frequency (due at once unless manual)."""
     if provider not in Provider.values:
         raise ValidationError(f"{provider!r} is not a provider; valid choices: {', '.join(Provider.values)}")
     frequency = frequency_validate(sync_frequency)
@@ -66,8 +107,10 @@ def connection_create(
         timezone=timezone_name,
         credentials=credentials or {},
         provider_options=provider_options or {},
+        lookback_days=lookback_days,
         sync_frequency=frequency,
     )
+    # The row is born with its first slot: there is no state to race with before it exists.
     connection.next_sync_at = schedule.next_sync_after_change(
         frequency=frequency, last_attempted_at=None, public_id=connection.public_id, now=now
     )
@@ -75,37 +118,42 @@ def connection_create(
     return connection
 
 
+# What an operator may edit on an existing connection (the admin's form). Never the sync state or
+# the schedule, which only the state machine writes, nor the frequency, whose change recomputes
+# the schedule (connection_set_frequency).
+EDITABLE_FIELDS = (
+    "workspace",
+    "provider",
+    "external_account_id",
+    "name",
+    "currency",
+    "timezone",
+    "lookback_days",
+    "provider_options",
+)
+
+
+def connection_update(*, connection: Connection, fields: Iterable[str]) -> None:
+    """Save these edited fields of the instance, and only these: a full-row save would write
+    back the sync state as it was read when the form opened, over whatever a worker changed since."""
+    fields = list(fields)
+    refused = sorted(set(fields) - set(EDITABLE_FIELDS))
+    if refused:
+        raise ValueError(f"not editable here: {', '.join(refused)}")
+    if fields:
+        connection.save(update_fields=fields)
+
+
 def connection_set_frequency(*, connection: Connection, frequency: str, now: datetime | None = None) -> Connection:
     """Change the schedule; it takes effect at once. A running job is left to finish.
 
-    The next due time runs from the last attempt's start. The UPDATE is conditional on the
-    values it was computed from, so a worker's start that lands in between (and moves the last
-    attempt) makes us compute again rather than write a stale time; and the worker's start is
-    conditional on the frequency it read, so it cannot overwrite this with the old frequency.
-    It never schedules earlier than a platform throttle allows, and a connection waiting for a
-    reconnect stays unscheduled.
+    The next due time runs from the last attempt's start, never earlier than a platform
+    throttle allows; a connection waiting for a reconnect stays unscheduled
+    (syncing.services.connection_reschedule writes both, safe against a worker's start).
     """
     frequency = frequency_validate(frequency)
     now = now or timezone.now()
-    fields = ("last_sync_attempted_at", "rate_limited_until", "sync_status", "last_sync_error_kind")
-    for _ in range(5):
-        current = Connection.objects.filter(pk=connection.pk).values(*fields).get()
-        next_at = schedule.next_sync_after_change(
-            frequency=frequency,
-            last_attempted_at=current["last_sync_attempted_at"],
-            public_id=connection.public_id,
-            now=now,
-        )
-        if next_at is not None and current["rate_limited_until"] is not None:
-            next_at = max(next_at, current["rate_limited_until"])
-        if current["sync_status"] == SyncStatus.ERROR and current["last_sync_error_kind"] == AUTH_ERROR_KIND:
-            next_at = None
-        if Connection.objects.filter(pk=connection.pk, **current).update(
-            sync_frequency=frequency, next_sync_at=next_at
-        ):
-            break
-    else:
-        raise RuntimeError(f"connection {connection.pk} kept changing while its frequency was being set")
+    next_at = connection_reschedule(connection=connection, frequency=frequency, now=now)
     connection.sync_frequency = frequency
     connection.next_sync_at = next_at
     return connection
@@ -122,30 +170,10 @@ def connection_credentials_replace(
     """
     now = now or timezone.now()
     with transaction.atomic():
-        # Locked, so the schedule is computed from values nobody changes before we write.
-        current = (
-            Connection.objects.select_for_update()
-            .filter(pk=connection.pk)
-            .values("sync_frequency", "last_sync_attempted_at")
-            .get()
-        )
-        next_at = schedule.next_sync_after_change(
-            frequency=current["sync_frequency"],
-            last_attempted_at=current["last_sync_attempted_at"],
-            public_id=connection.public_id,
-            now=now,
-        )
         Connection.objects.filter(pk=connection.pk).update(
             credentials=credentials, credentials_expires_at=expires_at, credentials_updated_at=now
         )
-        Connection.objects.filter(
-            pk=connection.pk, sync_status=SyncStatus.ERROR, last_sync_error_kind=AUTH_ERROR_KIND
-        ).update(
-            sync_status=SyncStatus.IDLE,
-            last_sync_error=None,
-            last_sync_error_kind="",
-            next_sync_at=next_at,
-        )
+        connection_resume_after_reconnect(connection=connection, now=now)
     connection.refresh_from_db()
     return connection
 
@@ -160,7 +188,7 @@ def connections_set_frequency_all(
     """
     frequency = frequency_validate(frequency)
     if frequency == SyncFrequency.MANUAL:
-        return connections.update(sync_frequency=frequency, next_sync_at=None)
+        return connections_unschedule(connections=connections)
     now = now or timezone.now()
     count = 0
     for connection in connections.only("pk", "public_id").iterator():

@@ -15,7 +15,8 @@ from django.db import models
 from connections.models import AUTH_ERROR_KIND, BUSY_STATUSES, SYNC_INTERVALS, Connection, SyncFrequency, SyncStatus
 from syncing.providers import OAUTH_PROVIDERS
 
-FREQUENCY_LABELS = {
+# By the stored value (a str, as a model's field gives it), like SYNC_INTERVALS.
+FREQUENCY_LABELS: dict[str, str] = {
     SyncFrequency.MANUAL: "Manual",
     SyncFrequency.REALTIME: "Realtime (every 30s)",
     SyncFrequency.EVERY_30_MIN: "Every 30 min",

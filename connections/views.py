@@ -16,6 +16,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from connections.models import Connection, SyncFrequency, SyncTrigger
+from connections.request_user import signed_in_user
 from connections.selectors import connection_get_for_user, connections_for_user
 from connections.services import connection_set_frequency
 from connections.status import FREQUENCY_LABELS, connection_status_view
@@ -39,7 +40,7 @@ def _status_html(request: HttpRequest, row: dict) -> str:
 @require_GET
 def settings_page(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
-    connections = connections_for_user(user=request.user).order_by("workspace__name", "name", "id")
+    connections = connections_for_user(user=signed_in_user(request)).order_by("workspace__name", "name", "id")
     rows = [_row(c, now) for c in connections]
     return render(
         request,
@@ -58,7 +59,7 @@ def settings_page(request: HttpRequest) -> HttpResponse:
 def settings_status(request: HttpRequest) -> JsonResponse:
     """The status block of each connection, rendered on the server, for the page to poll."""
     now = timezone.now()
-    rows = [_row(c, now) for c in connections_for_user(user=request.user)]
+    rows = [_row(c, now) for c in connections_for_user(user=signed_in_user(request))]
     return JsonResponse(
         {
             "rows": {str(row["connection"].public_id): _status_html(request, row) for row in rows},
@@ -89,7 +90,7 @@ def _reply(request: HttpRequest, connection: Connection, level: int, text: str, 
 @login_required
 @require_POST
 def connection_frequency_update(request: HttpRequest, connection_id: str) -> HttpResponse:
-    connection = connection_get_for_user(user=request.user, public_id=connection_id)
+    connection = connection_get_for_user(user=signed_in_user(request), public_id=connection_id)
     frequency = request.POST.get("sync_frequency", "")
     try:
         connection_set_frequency(connection=connection, frequency=frequency)
@@ -106,7 +107,7 @@ def connection_frequency_update(request: HttpRequest, connection_id: str) -> Htt
 @login_required
 @require_POST
 def connection_sync_now(request: HttpRequest, connection_id: str) -> HttpResponse:
-    connection = connection_get_for_user(user=request.user, public_id=connection_id)
+    connection = connection_get_for_user(user=signed_in_user(request), public_id=connection_id)
     try:
         result = connection_enqueue_sync(connection=connection, trigger=SyncTrigger.MANUAL)
     except BrokerUnavailable as exc:

@@ -1,10 +1,18 @@
+from typing import TypedDict
+
 from django.db import models
 from django.db.models import F, Q
 
 from connections.models import Connection, ErrorKind, SyncTrigger
 
+
+class _DecimalShape(TypedDict):
+    max_digits: int
+    decimal_places: int
+
+
 # Money and conversions are exact decimals. Six places hold Google's micros exactly.
-MONEY = {"max_digits": 20, "decimal_places": 6}
+MONEY: _DecimalShape = {"max_digits": 20, "decimal_places": 6}
 
 
 class MetricLevel(models.TextChoices):
@@ -53,6 +61,18 @@ class SyncOutcome(models.TextChoices):
     SUCCESS = "success", "Success"
     ERROR = "error", "Error"
     RETRYING = "retrying", "Retrying"
+    RATE_LIMITED = "rate_limited", "Rate limited"
+    INTERRUPTED = "interrupted", "Interrupted"
+
+
+class JobStatus(models.TextChoices):
+    """What became of a sync job (GET /jobs/{id}, manage.py sync_now): while its connection holds
+    it, the connection's state; afterwards, its last attempt's outcome (syncing.selectors.job_state)."""
+
+    QUEUED = "queued", "Queued"
+    SYNCING = "syncing", "Syncing"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
     RATE_LIMITED = "rate_limited", "Rate limited"
     INTERRUPTED = "interrupted", "Interrupted"
 

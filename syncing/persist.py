@@ -22,11 +22,21 @@ from datetime import datetime
 
 from django.db import connection as db
 from django.db import transaction
+from django.db.models import CharField
 
 from syncing.models import DailyMetric
 from syncing.providers.base import MetricRow
 
-ENTITY_NAME_LENGTH = DailyMetric._meta.get_field("entity_name").max_length
+
+def _char_length(name: str) -> int:
+    """The max_length of a DailyMetric CharField (which Django requires of one: never None)."""
+    field = DailyMetric._meta.get_field(name)
+    if not isinstance(field, CharField) or field.max_length is None:
+        raise TypeError(f"DailyMetric.{name} is not a CharField with a max_length")
+    return field.max_length
+
+
+ENTITY_NAME_LENGTH = _char_length("entity_name")
 
 # Compared to decide whether a stored row changed; also the columns a change rewrites.
 VALUE_COLUMNS = ("entity_name", "spend", "impressions", "clicks", "conversions", "conversion_value", "currency")

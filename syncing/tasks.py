@@ -12,11 +12,12 @@ from syncing.budget import api_call_buckets_prune
 from syncing.dispatcher import syncs_dispatch_due
 from syncing.runner import RetryLater, connection_sync_run, database_retry_delay
 from syncing.services import heartbeats_prune, sync_runs_prune
+from syncing.task_names import DISPATCH_TASK_NAME, PRUNE_TASK_NAME, SYNC_TASK_NAME
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="syncing.sync_connection", bind=True, ignore_result=True)
+@shared_task(name=SYNC_TASK_NAME, bind=True, ignore_result=True)
 def sync_connection(self, connection_id: int, job_id: str, db_retries: int = 0) -> str | None:
     try:
         return connection_sync_run(
@@ -40,7 +41,7 @@ def sync_connection(self, connection_id: int, job_id: str, db_retries: int = 0) 
         raise self.retry(countdown=delay, max_retries=None, kwargs={"db_retries": db_retries + 1}) from None
 
 
-@shared_task(name="syncing.dispatch_due_syncs", ignore_result=True)
+@shared_task(name=DISPATCH_TASK_NAME, ignore_result=True)
 def dispatch_due_syncs() -> None:
     now = timezone.now()
     try:
@@ -50,7 +51,7 @@ def dispatch_due_syncs() -> None:
         logger.warning("Dispatcher tick skipped, database unavailable: %s", exc)
 
 
-@shared_task(name="syncing.prune_sync_runs", ignore_result=True)
+@shared_task(name=PRUNE_TASK_NAME, ignore_result=True)
 def prune_sync_runs() -> None:
     now = timezone.now()
     sync_runs_prune(now=now)

@@ -8,8 +8,8 @@ import pytest
 import time_machine
 from django.test import Client
 
-from connections.authentication import api_token_issue, api_token_revoke
 from connections.models import Connection, SyncFrequency, SyncStatus
+from connections.services import api_token_issue, api_token_revoke
 from syncing.providers.base import PermanentError
 from syncing.services import connection_enqueue_sync, sync_fail, sync_finish, sync_start
 from tests.conftest import run_concurrently

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from adsync.wsgi import application
-from connections.authentication import api_token_issue
 from connections.models import Connection, SyncFrequency
+from connections.services import api_token_issue
 from syncing.providers.base import PermanentError, ThrottledError
 from syncing.services import connection_enqueue_sync, sync_defer, sync_fail, sync_finish, sync_start
 from tests.test_state_machine import some_rows

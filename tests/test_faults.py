@@ -26,8 +26,8 @@ from django.conf import settings
 from django.test import Client
 from django.utils import timezone
 
-from connections.authentication import api_token_issue
 from connections.models import Connection, SyncStatus
+from connections.services import api_token_issue
 from syncing.services import sync_start
 from tests.conftest import ROOT, _reset_broker_pools, _worker_env, wait_for
 from tests.faultproxy import FaultProxy

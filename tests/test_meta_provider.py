@@ -20,8 +20,8 @@ from django.test import Client
 from facebook_business.adobjects.adaccount import AdAccount
 from facebook_business.exceptions import FacebookBadParameterError
 
-from connections.authentication import api_token_issue
 from connections.models import Connection, SyncFrequency, SyncStatus
+from connections.services import api_token_issue
 from syncing.budget import CallMeter, budget_try_spend
 from syncing.dispatcher import connections_claim_due
 from syncing.models import ApiCallBucket, DailyMetric, SyncRun

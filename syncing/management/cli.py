@@ -40,8 +40,10 @@ def connections_for_arguments(*, ids: list[str], all_connections: bool, default_
     if unknown:
         plural = "s" if len(unknown) > 1 else ""
         raise CommandError(f"No connection with id{plural} {', '.join(unknown)}. {LIST_HINT}")
-    # The same connection given twice (say, with and without dashes) is handled once.
-    return list({parsed[raw]: found[parsed[raw]] for raw in ids}.values())
+    # Every id names a connection by now. The same connection given twice (say, with and
+    # without dashes) is handled once.
+    known = {raw: public_id for raw, public_id in parsed.items() if public_id is not None}
+    return list({known[raw]: found[known[raw]] for raw in ids}.values())
 
 
 def connection_label(connection: Connection) -> str:

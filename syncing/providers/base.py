@@ -111,8 +111,12 @@ class PermanentError(ProviderError):
 class Provider(Protocol):
     slug: str
     label: str
-    # How many days a restatement sync re-fetches when the connection does not say.
-    default_lookback_days: int
+
+    @property
+    def default_lookback_days(self) -> int:
+        """How many days a restatement sync re-fetches when the connection does not say (read
+        only: a class attribute, or a property reading the platform's setting)."""
+        ...
 
     def budgets(self, *, external_account_id: str) -> list[Budget]:
         """The rate budgets every call for this account counts against (none for demo)."""

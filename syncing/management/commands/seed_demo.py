@@ -4,8 +4,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from connections.models import Connection, Membership, Provider, SyncFrequency, Workspace
-from connections.services import connection_create
+from connections.models import Connection, Provider, SyncFrequency, Workspace
+from connections.services import connection_create, workspace_create
 
 DEMO_WORKSPACE = "Demo Agency"
 DEMO_CONNECTIONS = [
@@ -34,10 +34,10 @@ class Command(BaseCommand):
                 user.set_password(password)
                 # Staff, so the demo login can open the admin too.
                 user.save(update_fields=["password"])
+            # The user's own demo workspace: found through their membership, or created with it.
             workspace = Workspace.objects.filter(name=DEMO_WORKSPACE, memberships__user=user).first()
             if workspace is None:
-                workspace = Workspace.objects.create(name=DEMO_WORKSPACE)
-            Membership.objects.get_or_create(workspace=workspace, user=user, defaults={"role": Membership.Role.OWNER})
+                workspace = workspace_create(name=DEMO_WORKSPACE, owner=user)
             created = 0
             for account_id, name, currency, tz, frequency in DEMO_CONNECTIONS:
                 exists = Connection.objects.filter(

@@ -21,8 +21,9 @@ from django.utils import timezone
 
 from connections.models import BUSY_STATUSES, Connection, SyncStatus, SyncTrigger
 from syncing.management.cli import connection_label, connections_for_arguments
-from syncing.models import SyncOutcome, SyncRun
+from syncing.models import JobStatus
 from syncing.runner import RetryLater, connection_sync_run
+from syncing.selectors import job_state
 from syncing.services import BrokerUnavailable, connection_enqueue_sync
 
 # How often --wait reads the connections' state: often enough to see a demo sync's "syncing".
@@ -196,27 +197,21 @@ class Command(BaseCommand):
         if row is None:
             self.stdout.write(f"{label}: the connection was deleted")
             return False
-        # The job's last run: a retried job has one run per attempt.
-        run = SyncRun.objects.filter(job_id=job.job_id).order_by("-started_at", "-id").first()
-        if row.job_id == job.job_id:
-            status, error = row.sync_status, row.last_sync_error
-        elif run is not None and run.outcome in (SyncOutcome.SUCCESS, SyncOutcome.RATE_LIMITED):
-            # Finished, and the next job (a scheduled one) was queued before we looked.
-            status, error = SyncStatus.IDLE, None
-        else:
-            status = SyncStatus.ERROR
-            error = run.error_message if run is not None and run.error_message else "the job ended without running"
-        if status == SyncStatus.ERROR:
+        # What the API's GET /jobs/{id} says of it, from the same selector. It may have finished
+        # while the next job (a scheduled one) was queued before we looked.
+        state = job_state(job_id=job.job_id, connections=Connection.objects.filter(pk=row.pk).defer("credentials"))
+        if state is None or state.status not in (JobStatus.SUCCEEDED, JobStatus.RATE_LIMITED):
+            error = state.error if state is not None and state.error else "the job ended without running"
             self.stdout.write(f"{label}: error — {error}")
             return False
-        if run is not None and run.outcome == SyncOutcome.RATE_LIMITED and row.rate_limited_until is not None:
+        if state.status == JobStatus.RATE_LIMITED and row.rate_limited_until is not None:
             detail = f"rate limited by the platform, resumes {row.rate_limited_until.astimezone(UTC):%H:%M} UTC"
-        elif run is not None:
-            plural = "" if run.rows_written == 1 else "s"
-            detail = f"{run.rows_written} row{plural} written" if run.rows_written else "no changes"
         else:
-            detail = ""
-        self.stdout.write(f"{label}: {status}" + (f" — {detail}" if detail else ""))
+            # A deferred attempt writes no rows.
+            written = state.rows_written or 0
+            plural = "" if written == 1 else "s"
+            detail = f"{written} row{plural} written" if written else "no changes"
+        self.stdout.write(f"{label}: {SyncStatus.IDLE} — {detail}")
         return True
 
     def _finish(

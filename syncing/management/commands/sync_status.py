@@ -13,8 +13,8 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
 from connections.models import Connection, SyncStatus
-from connections.serializers import SyncStatusOut
 from connections.status import connection_status_view
+from connections.sync_status import connection_sync_status_data
 from syncing.management.cli import connections_for_arguments
 
 # "Last attempted:" and "Last completed:" are the longest labels; values line up after them.
@@ -40,13 +40,13 @@ def connection_status_fields(connection: Connection, now: datetime) -> list[tupl
     """The Settings page's lines for one connection, as (label, value), from the same view."""
     view = connection_status_view(connection, now)
     # A throttled connection is idle but not fine: say when it resumes rather than "Idle".
-    rate_limited = connection.sync_status == SyncStatus.IDLE and view.rate_limited_text
+    rate_limited = view.rate_limited_text if connection.sync_status == SyncStatus.IDLE else None
     fields = [
         ("Id", str(connection.public_id)),
         ("Workspace", connection.workspace.name),
         ("Provider", connection.get_provider_display()),
         ("Frequency", view.frequency_label),
-        ("Sync status", view.rate_limited_text if rate_limited else view.status_label),
+        ("Sync status", rate_limited or view.status_label),
         ("Last attempted", view.last_attempted.text),
         ("Last completed", view.last_completed.text),
         ("Last change", view.last_change.text),
@@ -59,9 +59,9 @@ def connection_status_fields(connection: Connection, now: datetime) -> list[tupl
     return fields
 
 
-def connection_status_json(connection: Connection) -> dict[str, object]:
-    """The API's own serializer, so the command and GET sync-status can never disagree."""
-    data = SyncStatusOut(connection).data
+def connection_status_json(connection: Connection, now: datetime) -> dict[str, object]:
+    """The API's own sync-status data, so the command and GET sync-status can never disagree."""
+    data = connection_sync_status_data(connection=connection, now=now)
     return {name: data[name] for name in JSON_FIELDS}
 
 
@@ -79,14 +79,14 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, ids: list[str], as_json: bool, **options: object) -> None:
         connections = connections_for_arguments(ids=ids, all_connections=False, default_all=True)
+        # One clock for the whole output, so every relative time is measured from the same moment.
+        now = timezone.now()
         if as_json:
-            self.stdout.write(json.dumps([connection_status_json(c) for c in connections], indent=2))
+            self.stdout.write(json.dumps([connection_status_json(c, now) for c in connections], indent=2))
             return
         if not connections:
             self.stdout.write("No connections yet.")
             return
-        # One clock for the whole table, so every relative time is measured from the same moment.
-        now = timezone.now()
         blocks = []
         for connection in connections:
             lines = [connection.name]

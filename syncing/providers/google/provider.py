@@ -92,6 +92,8 @@ class GoogleProvider:
         # Google refused the cached access token (expired or revoked early): drop it and
         # refresh once. Refused again, or no new token, and the user must reconnect.
         logger.info("Google Ads customer %s: access token refused; refreshing it once", customer_id)
+        # Google saw a token, so bearer_for() had a refresh token (it raises AuthError without one).
+        assert refresh_token
         access_tokens.forget(refresh_token)
         try:
             return FetchResult(rows=search())

@@ -196,6 +196,8 @@ class _AccessTokens:
         if not credentials.valid:
             # google-auth would wait up to 120 s for the token endpoint; a sync cannot.
             credentials.refresh(functools.partial(Request(session), timeout=settings.GOOGLE_HTTP_TIMEOUT))
+        # Valid means it has a token; refresh() sets one or raises.
+        assert credentials.token is not None
         return credentials.token
 
     def forget(self, refresh_token: str) -> None:

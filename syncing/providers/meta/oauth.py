@@ -93,7 +93,8 @@ def _get(client: httpx.Client, path: str, params: dict[str, str]) -> dict:
     if body is None:
         raise ConnectError(f"Meta sent an unreadable answer (HTTP {response.status_code}); try again.")
     if response.is_error or "error" in body:
-        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        raw_error = body.get("error")
+        error = raw_error if isinstance(raw_error, dict) else {}
         message = redact(str(error.get("message") or f"HTTP {response.status_code}"))
         raise ConnectError(f"Meta refused the request: {message}")
     return body
@@ -105,7 +106,7 @@ def _expires_at(expires_in: object, now: datetime) -> datetime | None:
     if expires_in is None or expires_in == "":
         return None
     try:
-        seconds = int(expires_in)
+        seconds = _json_int(expires_in)
     except (TypeError, ValueError, OverflowError):
         seconds = 0
     if seconds <= 0 or seconds > MAX_EXPIRES_IN:
@@ -156,8 +157,10 @@ def meta_ad_accounts(*, access_token: str) -> AccountListing:
                     inactive += 1
                     continue
                 offers.append(_offer(number, item))
-            paging = body.get("paging") if isinstance(body.get("paging"), dict) else {}
-            cursors = paging.get("cursors") if isinstance(paging.get("cursors"), dict) else {}
+            raw_paging = body.get("paging")
+            paging = raw_paging if isinstance(raw_paging, dict) else {}
+            raw_cursors = paging.get("cursors")
+            cursors = raw_cursors if isinstance(raw_cursors, dict) else {}
             after = cursors.get("after")
             if not paging.get("next") or not after:
                 break
@@ -179,9 +182,17 @@ def meta_ad_accounts(*, access_token: str) -> AccountListing:
 def _status(value: object) -> int | None:
     """account_status as a number (Meta sends an integer); None when absent or unreadable."""
     try:
-        return int(value)  # type: ignore[arg-type]
+        return _json_int(value)
     except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _json_int(value: object) -> int:
+    """int() of a JSON value: a number, or a string of one (ValueError if it is not); TypeError
+    for the other JSON values (null, arrays, objects), as int() itself raises for them."""
+    if isinstance(value, str | int | float):
+        return int(value)
+    raise TypeError(f"int() argument must be a string or a number, not {type(value).__name__!r}")
 
 
 def _offer(number: str, item: dict) -> AccountOffer:

@@ -9,6 +9,7 @@ single day; a single day refused is a PermanentError with Meta's message.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 
 import requests
@@ -61,7 +62,13 @@ INSIGHTS_FIELDS = [
 def action_types(option: object) -> list[str]:
     """The conversion action types in order of preference, from a connection's option or the setting."""
     value = option or settings.META_CONVERSION_ACTION_TYPE
-    items = value.split(",") if isinstance(value, str) else list(value)
+    items: Iterable[object]
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, Iterable):
+        items = list(value)
+    else:  # a bare number: as list() of it would raise
+        raise TypeError(f"{type(value).__name__!r} object is not iterable")
     return [str(item).strip() for item in items if str(item).strip()]
 
 

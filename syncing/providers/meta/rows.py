@@ -4,6 +4,7 @@ with it (logged with the row, which holds no secret)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import date
 from decimal import Decimal, InvalidOperation
 
@@ -27,9 +28,13 @@ def _decimal(value: object) -> Decimal:
         raise _UnexpectedRow(f"a number AdSync cannot read: {str(value)[:40]!r}") from None
 
 
-def _by_type(actions: object) -> dict[str, object]:
+def _by_type(actions: object) -> dict[object, object]:
     """Meta's [{"action_type": "purchase", "value": "3"}, ...] as {"purchase": "3", ...}."""
-    return {a.get("action_type"): a.get("value") for a in actions or [] if isinstance(a, dict)}
+    if not actions:
+        return {}
+    if not isinstance(actions, Iterable):  # a bare number: as iterating it would raise
+        raise TypeError(f"{type(actions).__name__!r} object is not iterable")
+    return {a.get("action_type"): a.get("value") for a in actions if isinstance(a, dict)}
 
 
 def metric_row(data: dict, preferred: list[str], fallback_currency: str) -> MetricRow:
@@ -46,10 +51,13 @@ def _parse_row(data: dict, preferred: list[str], fallback_currency: str) -> Metr
     campaign_id = data.get("campaign_id")
     if campaign_id in (None, ""):
         raise _UnexpectedRow("no campaign_id")
+    date_start = data.get("date_start")
     try:
-        day = date.fromisoformat(data.get("date_start"))
-    except (TypeError, ValueError):
-        raise _UnexpectedRow(f"date_start {str(data.get('date_start'))[:40]!r} is not a date") from None
+        day = date.fromisoformat(date_start) if isinstance(date_start, str) else None
+    except ValueError:
+        day = None
+    if day is None:
+        raise _UnexpectedRow(f"date_start {str(date_start)[:40]!r} is not a date")
     actions = _by_type(data.get("actions"))
     values = _by_type(data.get("action_values"))
     # The first preferred type Meta reports for this row, for both the count and the value.
