@@ -35,7 +35,7 @@ from tests.fakes.google_ads import (
     resource_exhausted,
     user_permission_denied,
 )
-from tests.test_views import parse
+from tests.pages import parse
 
 pytestmark = pytest.mark.django_db
 

@@ -17,7 +17,7 @@ from syncing.models import SCHEDULER_HEARTBEAT, Heartbeat, HeartbeatKind
 from syncing.services import heartbeat_forget, heartbeat_record, heartbeats_prune
 from syncing.tasks import dispatch_due_syncs
 from tests.conftest import ROOT, _worker_env, wait_for
-from tests.test_views import parse, settings_page, signed_in
+from tests.pages import parse, settings_page, signed_in
 
 NOW = datetime(2026, 11, 28, 14, 2, 30, tzinfo=UTC)
 SCHEDULER_STALE = "Scheduled syncs are paused: the scheduler has not run since 14:02 UTC."

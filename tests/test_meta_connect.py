@@ -36,7 +36,7 @@ from syncing.providers.meta import oauth as meta_oauth
 from syncing.runner import connection_sync_run
 from syncing.services import connection_enqueue_sync
 from tests.fakes.graph import VERSION, Answer, FakeGraph, insight
-from tests.test_views import parse
+from tests.pages import parse
 
 CODE = "AQDcode-from-the-dialog"
 SHORT = "EAAshort-lived-token"
