@@ -118,6 +118,18 @@ if DATABASE_URL:
     # libpq waits for a server that does not answer for as long as it takes, holding the gunicorn
     # worker; give up after 5 s (a 503, see adsync.middleware). ?connect_timeout= in the URL wins.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+    # A pool of at most this many connections per process (psycopg_pool, Django's "pool" option),
+    # for processes that run many threads: the sync worker runs tens of syncs at once, each
+    # holding a connection only while it writes (syncing.runner hands it back during the platform
+    # call). 0 (the default, right for gunicorn's one-thread workers) keeps one persistent
+    # connection per thread instead. docker-compose.yml and `make run` set it for the worker.
+    DB_POOL_MAX_SIZE = envint("DB_POOL_MAX_SIZE", 0, minimum=0)
+    if DB_POOL_MAX_SIZE:
+        DATABASES["default"]["CONN_MAX_AGE"] = 0  # pooled connections go back to the pool instead
+        # timeout: how long a thread waits for a connection (all busy, or the database away) before
+        # its write fails, to be retried like any database outage (syncing.runner._with_database);
+        # as long as the connect timeout, so an outage is noticed as soon as without a pool.
+        DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": 1, "max_size": DB_POOL_MAX_SIZE, "timeout": 5}
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -176,9 +188,16 @@ ENCRYPTION_KEYS = envlist("ADSYNC_ENCRYPTION_KEYS") or [
 SYNC_DISPATCH_INTERVAL = envint("SYNC_DISPATCH_INTERVAL", 1, minimum=1)
 # The most connections one tick claims; a larger backlog is claimed over the next ticks.
 SYNC_DISPATCH_BATCH = envint("SYNC_DISPATCH_BATCH", 1000, minimum=1)
+# Backpressure: jobs queued or syncing stay under the live sync workers' concurrency times this
+# (syncing.dispatcher.dispatch_room). 2: a job ready for every slot that frees up, and a queue
+# short enough that a Sync Now behind it starts within about one platform call.
+SYNC_QUEUE_AHEAD = envint("SYNC_QUEUE_AHEAD", 2, minimum=1)
 # Hard limit for one sync task; the soft limit leaves time to record the failure.
 SYNC_TASK_TIME_LIMIT = envint("SYNC_TASK_TIME_LIMIT", 120, minimum=10)
 SYNC_TASK_SOFT_TIME_LIMIT = SYNC_TASK_TIME_LIMIT - 5
+# A sync's own deadline, SYNC_TASK_SOFT_TIME_LIMIT after it starts, is enforced by the runner
+# (syncing.budget.CallMeter): no platform call starts after it and each call's timeout ends at it,
+# so it holds on the threads pool too, where Celery's time limits do not apply.
 # A job queued this long without starting is taken as lost (broker flushed, message dropped).
 # At least the longest retry backoff (60 s) plus headroom: a job waiting for its retry is queued.
 SYNC_QUEUED_TIMEOUT = envint("SYNC_QUEUED_TIMEOUT", 120, minimum=90)

@@ -354,7 +354,14 @@ def adsync_processes() -> list[ProcessSpec]:
             # "This is a development server" warning under the banner.
             env={"DEBUG": os.environ.get("DEBUG", "1"), "DJANGO_RUNSERVER_HIDE_WARNING": "true"},
         ),
-        ProcessSpec("worker", celery("worker", "-Q", "sync_jobs", "--concurrency", "2", "--hostname", "sync@%h")),
+        # Threads, as in docker-compose.yml: syncs wait on the platform, not the CPU. Fewer than
+        # compose's 64: the embedded SQLite has one writer at a time, and the demo needs few.
+        ProcessSpec(
+            "worker",
+            celery("worker", "-Q", "sync_jobs", "--pool", "threads", "--concurrency", "16", "--hostname", "sync@%h"),
+            # Only with DATABASE_URL (PostgreSQL) does this pool apply; SQLite ignores it.
+            env={"DB_POOL_MAX_SIZE": os.environ.get("DB_POOL_MAX_SIZE", "8")},
+        ),
         ProcessSpec(
             "dispatcher", celery("worker", "-Q", "dispatch", "--concurrency", "1", "--hostname", "dispatch@%h")
         ),

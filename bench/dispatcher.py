@@ -34,7 +34,8 @@ from connections.models import (
     SyncTrigger,
 )
 from syncing.dispatcher import connections_claim_due, syncs_dispatch_due
-from syncing.models import SyncRun
+from syncing.models import HeartbeatKind, SyncRun
+from syncing.services import heartbeat_record
 
 TARGET_NAIVE_RATIO = 100.0
 TARGET_SCALE_RATIO = 1.3
@@ -270,7 +271,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     _setup.vacuum_analyze("connections")
 
-    # 3. A whole tick with the sends to Redis (bench db), the queues emptied in between.
+    # 3. A whole tick with the sends to Redis (bench db), the queues emptied in between. The
+    # dispatcher queues only what live sync workers can start (backpressure): one with room for
+    # every due row beats, as a worker process would.
+    heartbeat_record(name="bench-sync@localhost", kind=HeartbeatKind.SYNC_WORKER, now=now, details={"concurrency": due})
+
     def tick_teardown(result):
         assert (result.claimed, result.sent) == (due, due), result
         claims_reset(now)

@@ -12,6 +12,7 @@ the whole installation (the quota belongs to the app's OAuth client) and per cus
 from __future__ import annotations
 
 import dataclasses
+import time
 from datetime import datetime, timedelta
 
 from django.db import connection as db
@@ -19,7 +20,7 @@ from django.db import transaction
 from django.db.models import F, Sum
 
 from syncing.models import ApiCallBucket
-from syncing.providers.base import ThrottledError
+from syncing.providers.base import DeadlineExceeded, ThrottledError
 
 MINUTE = timedelta(minutes=1)
 
@@ -110,15 +111,40 @@ class CallMeter:
     """Handed to a provider for one sync: it calls spend() before every real API call (each page).
 
     When a budget would be exceeded it raises ThrottledError before the call is made, so the
-    sync stops early and the connection resumes when the budget allows.
+    sync stops early and the connection resumes when the budget allows. With a deadline (a
+    time.monotonic() value) no call starts after it (DeadlineExceeded), and call_timeout() gives
+    each call only the time left, so a platform that never answers cannot hold a worker's slot
+    past the sync's deadline, on any pool.
     """
 
-    def __init__(self, budgets: list[Budget], *, clock):
+    def __init__(self, budgets: list[Budget], *, clock, deadline: float | None = None, allowed_seconds: float = 0):
         self.budgets = budgets
         self.clock = clock
         self.calls = 0
+        self.deadline = deadline
+        self.allowed_seconds = allowed_seconds
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def past_deadline(self) -> bool:
+        remaining = self.remaining()
+        return remaining is not None and remaining <= 0
+
+    def deadline_error(self) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"The platform did not answer within {self.allowed_seconds:.0f} s, so the sync was stopped. "
+            "It runs again at its next scheduled time, or press Sync Now."
+        )
+
+    def call_timeout(self, default: float) -> float:
+        """A call's timeout: its usual one, cut to what is left of the sync's time."""
+        remaining = self.remaining()
+        return default if remaining is None else max(0.1, min(default, remaining))
 
     def spend(self, calls: int = 1) -> None:
+        if self.past_deadline():
+            raise self.deadline_error()
         now = self.clock()
         spent: list[Budget] = []
         for budget in self.budgets:

@@ -6,9 +6,19 @@ Its cost follows the number of rows due, not the number of connections: one inde
 beats, or a beat and `manage.py sync_now --all`) never claim the same row, and one conditional
 UPDATE moves them to queued.
 
-This module is the policy (what is due, in what order, how many per batch, which fit their rate
-budgets); the writes are the state machine's (syncing.services: connections_queue_claimed,
+This module is the policy (what is due, in what order, how many, which fit their rate budgets);
+the writes are the state machine's (syncing.services: connections_queue_claimed,
 connections_defer).
+
+How many: never more than the sync workers can start soon (backpressure). The room is the live
+workers' concurrency (their heartbeats say it) times SYNC_QUEUE_AHEAD, less the jobs already
+queued or syncing. A backlog beyond that stays in the database, due, where it shows as "Delayed"
+and is claimed as room frees up; it never sits in the broker long enough to be recovered as lost.
+
+In what order: shorter intervals first (realtime before every 30 min, hourly and daily, so a
+midnight burst of daily syncs cannot hold realtime back), then round robin across workspaces
+(each workspace's most overdue row first), then the most overdue. An agency with 2,000 accounts
+due at once does not starve a shop with 5.
 """
 
 from __future__ import annotations
@@ -20,9 +30,12 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Case, F, IntegerField, Value, When, Window
+from django.db.models.functions import RowNumber
 
-from connections.models import RUNNABLE_STATUSES, Connection
+from connections.models import BUSY_STATUSES, RUNNABLE_STATUSES, SYNC_INTERVALS, Connection
 from syncing.budget import Budget, budget_available_at, budgets_used
+from syncing.health import engine_beats
 from syncing.models import SCHEDULER_HEARTBEAT, HeartbeatKind
 from syncing.providers import PROVIDERS
 from syncing.services import (
@@ -71,13 +84,25 @@ def connections_claim_due(*, now: datetime, limit: int) -> list[Claim]:
     A due connection whose provider budget has no call left for it is not queued: it is
     deferred to when the budget allows, and shows as rate limited meanwhile.
     """
+    due_now = Connection.objects.filter(sync_status__in=RUNNABLE_STATUSES, next_sync_at__lte=now)
     with transaction.atomic():
+        # Whose turn it is, over the due rows only (connections_due_idx). PostgreSQL cannot lock
+        # the rows of a query with a window function, so a second query locks them by id; a
+        # subquery there made it hash-join the whole table (39 ms instead of 23 at 100,000).
+        turns = list(
+            due_now.annotate(
+                urgency=_URGENCY,
+                turn=Window(RowNumber(), partition_by=F("workspace_id"), order_by=F("next_sync_at").asc()),
+            )
+            .order_by("urgency", "turn", "next_sync_at")
+            .values_list("pk", flat=True)[:limit]
+        )
+        if not turns:
+            return []
+        # Conditions again: a row claimed or changed since the first query is skipped.
         due = [
             DueConnection(*row)
-            for row in Connection.objects.filter(sync_status__in=RUNNABLE_STATUSES, next_sync_at__lte=now)
-            .order_by("next_sync_at")
-            .select_for_update(skip_locked=True)
-            .values_list(*_DUE_FIELDS)[:limit]
+            for row in due_now.filter(pk__in=turns).select_for_update(skip_locked=True).values_list(*_DUE_FIELDS)
         ]
         if not due:
             return []
@@ -97,6 +122,25 @@ def connections_claim_due(*, now: datetime, limit: int) -> list[Claim]:
         for row in due
         if row.pk in job_ids
     ]
+
+
+# Shorter intervals first: 0 for realtime, then every 30 min, hourly, daily.
+_SCHEDULED = sorted((i, f) for f, i in SYNC_INTERVALS.items() if i is not None)
+_URGENCY = Case(
+    *(When(sync_frequency=frequency, then=Value(rank)) for rank, (_, frequency) in enumerate(_SCHEDULED)),
+    default=Value(len(_SCHEDULED)),
+    output_field=IntegerField(),
+)
+
+
+def dispatch_room(*, now: datetime) -> int:
+    """How many more jobs the sync workers can start soon: their concurrency (from their
+    heartbeats) times SYNC_QUEUE_AHEAD, less the jobs queued or syncing. 0 with no live worker:
+    queuing then would only have recovery call the jobs lost; the banner and /readyz say why."""
+    capacity = engine_beats(now=now).live_sync_capacity * settings.SYNC_QUEUE_AHEAD
+    if capacity <= 0:
+        return 0
+    return max(0, capacity - Connection.objects.filter(sync_status__in=BUSY_STATUSES).count())
 
 
 def _budgets_for(provider: str, account_id: str) -> list[Budget]:
@@ -137,10 +181,15 @@ def syncs_dispatch_due(*, now: datetime, limit: int | None = None) -> DispatchRe
     """One dispatcher tick: recover, claim and send batches until nothing is due, beat."""
     limit = limit or settings.SYNC_DISPATCH_BATCH
     recovered = syncs_recover_stuck(now=now)
+    due = Connection.objects.filter(sync_status__in=RUNNABLE_STATUSES, next_sync_at__lte=now).exists()
+    # (Nothing due, the usual tick: no need to ask how much room there is.)
+    room = dispatch_room(now=now) if due else 0
     claimed = sent = 0
-    while True:
-        claims = connections_claim_due(now=now, limit=limit)
+    while room > 0:
+        batch = min(limit, room)
+        claims = connections_claim_due(now=now, limit=batch)
         claimed += len(claims)
+        room -= len(claims)
         if claims:
             try:
                 jobs_send(claims=claims)
@@ -148,7 +197,7 @@ def syncs_dispatch_due(*, now: datetime, limit: int | None = None) -> DispatchRe
                 # The claims were reverted; the next tick tries again.
                 break
             sent += len(claims)
-        if len(claims) < limit:
+        if len(claims) < batch:
             break
     if claimed:
         logger.info("Dispatched %d sync job(s)%s", sent, f", recovered {recovered}" if recovered else "")

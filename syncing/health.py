@@ -58,24 +58,29 @@ class EngineBeats:
     last_tick_at: datetime | None
     last_sync_worker_at: datetime | None
     live_sync_workers: int
+    # The live sync workers' concurrency, added up: how many syncs they run at once.
+    live_sync_capacity: int
 
 
 def engine_beats(*, now: datetime) -> EngineBeats:
     rows = Heartbeat.objects.filter(kind__in=[HeartbeatKind.SCHEDULER, HeartbeatKind.SYNC_WORKER]).values_list(
-        "kind", "last_seen_at"
+        "kind", "last_seen_at", "details"
     )
     tick = None
-    workers: list[datetime] = []
-    for kind, seen in rows:
+    workers: list[tuple[datetime, int]] = []
+    for kind, seen, details in rows:
         if kind == HeartbeatKind.SCHEDULER:
             tick = seen if tick is None else max(tick, seen)
         else:
-            workers.append(seen)
+            concurrency = details.get("concurrency") if isinstance(details, dict) else None
+            workers.append((seen, concurrency if isinstance(concurrency, int) and concurrency > 0 else 1))
     fresh_after = now - timedelta(seconds=settings.HEALTH_WORKER_STALE_AFTER)
+    live = [concurrency for seen, concurrency in workers if seen >= fresh_after]
     return EngineBeats(
         last_tick_at=tick,
-        last_sync_worker_at=max(workers, default=None),
-        live_sync_workers=sum(1 for seen in workers if seen >= fresh_after),
+        last_sync_worker_at=max((seen for seen, _ in workers), default=None),
+        live_sync_workers=len(live),
+        live_sync_capacity=sum(live),
     )
 
 

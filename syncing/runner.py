@@ -94,14 +94,27 @@ def connection_sync_run(*, connection_id: int, job_id: uuid.UUID, attempt: int =
         logger.info("Job %s for connection %s is not queued any more; nothing to do", job_id, connection_id)
         return None
     connection = started.connection
+    # The sync's own deadline (see CallMeter): Celery's time limits do not apply on the threads pool.
+    deadline = time.monotonic() + settings.SYNC_TASK_SOFT_TIME_LIMIT
+    # No database connection is held while the platform answers: with a pool (DB_POOL_MAX_SIZE)
+    # tens of syncs in flight share a few connections, each taken only for a write.
+    _release_connection()
     meter: CallMeter | None = None
     try:
         provider = provider_for(connection.provider)
-        meter = CallMeter(provider.budgets(external_account_id=connection.external_account_id), clock=timezone.now)
+        meter = CallMeter(
+            provider.budgets(external_account_id=connection.external_account_id),
+            clock=timezone.now,
+            deadline=deadline,
+            allowed_seconds=settings.SYNC_TASK_SOFT_TIME_LIMIT,
+        )
         result = provider.fetch(
             connection=connection, since=started.since, until=started.until, now=started.started_at, meter=meter
         )
     except TransientProviderError as exc:
+        if meter is not None and meter.past_deadline():
+            # A call that timed out at the deadline: the sync is out of time, not worth a retry now.
+            return _failed(started, meter.deadline_error(), meter)
         if attempt < max_retries:
             _retry_later(started, exc, meter)
             raise RetryLater(retry_backoff(attempt)) from exc
@@ -154,6 +167,11 @@ def connection_sync_run(*, connection_id: int, job_id: uuid.UUID, attempt: int =
         logger.warning("Job %s for connection %s was recovered while running; discarded", job_id, connection_id)
         return None
     return SyncOutcome.SUCCESS
+
+
+def _release_connection() -> None:
+    if getattr(db, "pool", None) is not None:
+        db.close()  # back to the pool; the next query takes one again
 
 
 def _calls(meter: CallMeter | None) -> int:

@@ -125,6 +125,19 @@ def connection(make_connection) -> Connection:
     return make_connection()
 
 
+@pytest.fixture
+def sync_worker_beats() -> Callable[..., None]:
+    """Record a live sync worker's heartbeat at `now`: the dispatcher queues only as many jobs
+    as the live workers' concurrency allows (syncing.dispatcher.dispatch_room)."""
+    from syncing.models import HeartbeatKind
+    from syncing.services import heartbeat_record
+
+    def beat(now, *, concurrency: int = 1000, name: str = "sync@test") -> None:
+        heartbeat_record(name=name, kind=HeartbeatKind.SYNC_WORKER, now=now, details={"concurrency": concurrency})
+
+    return beat
+
+
 # --- broker and worker --------------------------------------------------------------------------
 
 
@@ -160,7 +173,7 @@ def _worker_env(extra: dict[str, str]) -> dict[str, str]:
 class Worker:
     """A real `celery -A adsync worker` in its own process group, logging to a file."""
 
-    def __init__(self, log_path: Path, concurrency: int = 2, env: dict[str, str] | None = None):
+    def __init__(self, log_path: Path, concurrency: int = 2, env: dict[str, str] | None = None, pool: str = "threads"):
         self.log_path = log_path
         self.log = open(log_path, "w")  # noqa: SIM115 - kept open for the process's lifetime
         self.process = subprocess.Popen(
@@ -173,6 +186,10 @@ class Worker:
                 "worker",
                 "-Q",
                 "sync_jobs",
+                # The pool docker-compose.yml's worker runs (threads, with a database pool); the
+                # tests about prefork's pool children ask for prefork.
+                "--pool",
+                pool,
                 "--concurrency",
                 str(concurrency),
                 "--without-heartbeat",
@@ -221,8 +238,9 @@ def start_worker(broker, transactional_db, tmp_path) -> Iterator[Callable[..., W
     """Start real workers on the test database and Redis; they are stopped after the test."""
     workers: list[Worker] = []
 
-    def start(concurrency: int = 2, **env: str) -> Worker:
-        worker = Worker(tmp_path / f"worker-{len(workers)}.log", concurrency=concurrency, env=env)
+    def start(concurrency: int = 2, pool: str = "threads", **env: str) -> Worker:
+        env = {"DB_POOL_MAX_SIZE": "4", **env} if pool == "threads" else env
+        worker = Worker(tmp_path / f"worker-{len(workers)}.log", concurrency=concurrency, env=env, pool=pool)
         workers.append(worker)
         return worker
 

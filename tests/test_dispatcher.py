@@ -80,8 +80,9 @@ def test_claim_oldest_first_up_to_the_limit(realtime):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_dispatch_sends_every_claim_to_sync_jobs(realtime, broker):
+def test_dispatch_sends_every_claim_to_sync_jobs(realtime, broker, sync_worker_beats):
     realtime(3)
+    sync_worker_beats(NOW)
 
     result = syncs_dispatch_due(now=NOW, limit=2)  # two batches
 
@@ -90,9 +91,10 @@ def test_dispatch_sends_every_claim_to_sync_jobs(realtime, broker):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_dispatch_with_broker_down_reverts_the_claims(realtime, broker_down):
+def test_dispatch_with_broker_down_reverts_the_claims(realtime, broker_down, sync_worker_beats):
     first, second = realtime(2)
     Connection.objects.filter(pk=second.pk).update(sync_status=SyncStatus.ERROR, last_sync_error="before")
+    sync_worker_beats(NOW)
 
     result = syncs_dispatch_due(now=NOW)
 
@@ -119,8 +121,9 @@ def test_dispatch_recovers_stuck_rows_first(realtime, settings):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_dispatchers_at_once_never_claim_a_row_twice(realtime, broker):
+def test_two_dispatchers_at_once_never_claim_a_row_twice(realtime, broker, sync_worker_beats):
     conns = realtime(200)
+    sync_worker_beats(NOW)
 
     results = run_concurrently(lambda: syncs_dispatch_due(now=NOW, limit=20), times=2)
 
@@ -146,9 +149,10 @@ def test_claim_uses_the_due_index():
 @pytest.mark.embedded
 def test_claim_query_count_does_not_grow_with_rows(realtime, django_assert_num_queries):
     realtime(50)
-    # SELECT ... FOR UPDATE and UPDATE ... RETURNING (SQLite: UPDATE, then SELECT the job ids),
-    # plus SAVEPOINT/RELEASE because the test itself runs in a transaction; 50 rows or 1,000.
-    with django_assert_num_queries(4 if db.vendor == "postgresql" else 5):
+    # The ranking SELECT, SELECT ... FOR UPDATE by id and UPDATE ... RETURNING (SQLite: UPDATE,
+    # then SELECT the job ids), plus SAVEPOINT/RELEASE because the test itself runs in a
+    # transaction; 50 rows or 1,000.
+    with django_assert_num_queries(5 if db.vendor == "postgresql" else 6):
         connections_claim_due(now=NOW, limit=1000)
 
 
@@ -192,3 +196,86 @@ def test_frequency_change_while_syncing_lets_the_job_finish(realtime):
     conn.refresh_from_db()
     assert (conn.sync_status, conn.sync_frequency) == ("idle", "hourly")
     assert conn.next_sync_at == NOW + timedelta(hours=1) + jitter(public_id=conn.public_id, interval=timedelta(hours=1))
+
+
+# --- backpressure, order and fairness -----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_dispatch_queues_nothing_without_a_live_sync_worker(realtime, sync_worker_beats):
+    realtime(3)
+    sync_worker_beats(NOW - timedelta(minutes=5))  # gone
+
+    result = syncs_dispatch_due(now=NOW)
+
+    # Left due: "Delayed" on the page, and the banner says no sync worker is running.
+    assert (result.claimed, result.sent) == (0, 0)
+    assert list(Connection.objects.values_list("sync_status", flat=True)) == ["idle"] * 3
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_dispatch_queues_no_more_than_the_workers_can_start(realtime, sync_worker_beats, settings):
+    realtime(10)
+    busy = Connection.objects.order_by("pk").first()
+    connection_enqueue_sync(connection=busy, now=NOW, send=False)
+    # Two workers of 2 slots, two jobs ahead per slot: room for 8, one taken.
+    sync_worker_beats(NOW, concurrency=2, name="sync@a")
+    sync_worker_beats(NOW, concurrency=2, name="sync@b")
+    settings.SYNC_QUEUE_AHEAD = 2
+
+    result = syncs_dispatch_due(now=NOW)
+
+    assert result.claimed == 7
+    assert Connection.objects.filter(sync_status=SyncStatus.QUEUED).count() == 8
+    assert syncs_dispatch_due(now=NOW).claimed == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_a_backlog_longer_than_the_queued_timeout_is_not_lost(realtime, sync_worker_beats, settings):
+    from syncing.services import sync_finish, sync_start
+
+    conns = realtime(10)
+    settings.SYNC_QUEUE_AHEAD = 1
+    sync_worker_beats(NOW, concurrency=2)
+    first = syncs_dispatch_due(now=NOW)
+    # The worker runs what it was given; the rest of the backlog waits, due, in the database.
+    for connection in Connection.objects.filter(sync_status=SyncStatus.QUEUED):
+        started = sync_start(connection_id=connection.pk, job_id=connection.job_id, now=NOW + timedelta(seconds=1))
+        sync_finish(started=started, rows=[], api_calls=1, now=NOW + timedelta(seconds=2))
+
+    later = NOW + timedelta(seconds=settings.SYNC_QUEUED_TIMEOUT + 60)
+    sync_worker_beats(later, concurrency=2)
+    second = syncs_dispatch_due(now=later)
+
+    assert (first.claimed, second.recovered, second.claimed) == (2, 0, 2)
+    assert not Connection.objects.filter(last_sync_error_kind="interrupted").exists()
+    assert Connection.objects.filter(sync_status=SyncStatus.IDLE).count() == len(conns) - 2
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_claim_order_shorter_intervals_first_then_round_robin_across_workspaces(
+    make_connection, outsider, sync_worker_beats
+):
+    from connections.services import workspace_create
+
+    shop = workspace_create(name="Shop", owner=outsider)
+    # The agency's daily syncs are the most overdue, then its realtime ones; the shop's one
+    # realtime connection is the least overdue of all.
+    agency_daily = [make_connection(sync_frequency=SyncFrequency.DAILY, now=NOW) for _ in range(4)]
+    for index, connection in enumerate(agency_daily):
+        schedule(connection, NOW - timedelta(hours=1, seconds=index))
+    agency_realtime = [make_connection(sync_frequency=SyncFrequency.REALTIME, now=NOW) for _ in range(3)]
+    for index, connection in enumerate(agency_realtime):
+        schedule(connection, NOW - timedelta(seconds=10 + index))
+    shop_realtime = make_connection(workspace=shop, sync_frequency=SyncFrequency.REALTIME, now=NOW)
+    schedule(shop_realtime, NOW)
+
+    claimed = {claim.connection_id for claim in connections_claim_due(now=NOW, limit=2)}
+
+    # Realtime before daily; and the shop's turn comes with the agency's first, not after all of
+    # the agency's (by overdue time alone the agency would take both).
+    assert claimed == {agency_realtime[2].pk, shop_realtime.pk}

@@ -57,7 +57,8 @@ def test_sync_now_runs_queued_syncing_idle_on_a_real_worker(make_connection, sta
 
 
 def test_dispatcher_feeds_the_worker(make_connection, start_worker):
-    start_worker()
+    # Three slots: with SYNC_QUEUE_AHEAD 2 the dispatcher may queue six jobs (backpressure).
+    start_worker(concurrency=3)
     connections = [make_connection(sync_frequency=SyncFrequency.REALTIME) for _ in range(5)]
     slots = {c.pk: c.next_sync_at for c in connections}
 
@@ -133,7 +134,7 @@ def test_worker_killed_mid_sync_is_recovered_and_nothing_duplicated(make_connect
 
 
 def test_pool_process_killed_mid_sync_redelivery_is_a_no_op(make_connection, start_worker, broker):
-    worker = start_worker(concurrency=1)
+    worker = start_worker(concurrency=1, pool="prefork")
     connection = make_connection(provider_options={"latency_ms": 60_000})
     job = connection_enqueue_sync(connection=connection)
     wait_for(lambda: status_of(connection) == "syncing", message="the sync to start")
@@ -203,3 +204,35 @@ def test_sync_in_flight_waits_out_a_database_outage_to_store(make_connection, st
     assert (connection.last_sync_error, connection.total_syncs_attempted) == (None, 1)
     assert DailyMetric.objects.filter(connection=connection).count() == 32
     assert list(SyncRun.objects.values_list("outcome", flat=True)) == [SyncOutcome.SUCCESS]
+
+
+# --- a platform that never answers (the threads pool has no Celery time limit) ---------------------
+
+
+def test_a_platform_call_that_never_answers_frees_its_slot_at_the_deadline(make_connection, start_worker):
+    from tests.fakes.graph import Answer, FakeGraph
+
+    graph = FakeGraph()
+    with graph.running():
+        graph.script(Answer(200, "", hang=True))
+        # One slot, and a deadline of 10 - 5 = 5 s (SYNC_TASK_SOFT_TIME_LIMIT).
+        start_worker(concurrency=1, META_GRAPH_URL=graph.url, SYNC_TASK_TIME_LIMIT="10")
+        hung = make_connection(provider="meta", external_account_id="111", credentials={"access_token": "t"})
+        waiting = make_connection()
+        connection_enqueue_sync(connection=hung)
+        wait_for(lambda: status_of(hung) == "syncing", message="the Meta sync to start")
+        connection_enqueue_sync(connection=waiting)
+
+        wait_for(lambda: status_of(hung) == "error", timeout=20, message="the deadline to stop the hung sync")
+        # The slot is free again: the job queued behind it runs.
+        wait_for(lambda: status_of(waiting) == "idle", timeout=20, message="the next job to run")
+
+    hung.refresh_from_db()
+    assert hung.last_sync_error == (
+        "The platform did not answer within 5 s, so the sync was stopped. "
+        "It runs again at its next scheduled time, or press Sync Now."
+    )
+    assert (hung.last_sync_error_kind, hung.total_syncs_attempted) == ("transient", 1)
+    run = SyncRun.objects.get(connection=hung)
+    assert (run.outcome, run.api_calls, run.rows_written) == (SyncOutcome.ERROR, 1, 0)
+    assert len(graph.insights_requests()) == 1

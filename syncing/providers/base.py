@@ -86,6 +86,13 @@ class TransientProviderError(ProviderError):
     error_class = "transient"
 
 
+class DeadlineExceeded(ProviderError):
+    """The sync ran out of time (SYNC_TASK_SOFT_TIME_LIMIT): the platform answered too slowly, or
+    not at all. Not retried at once: the next scheduled sync, or Sync Now, tries again."""
+
+    error_class = "transient"
+
+
 class ThrottledError(ProviderError):
     """The platform asked us to slow down; resume at `until` (None: the provider's default)."""
 

@@ -31,6 +31,8 @@ from syncing.providers.base import (
 from syncing.schedule import account_zone
 
 STEP_SECONDS = 120
+# A real platform call's timeout (syncing.providers.meta.client reads for 60 s at most).
+CALL_TIMEOUT = 60.0
 STEPS_PER_DAY = 86400 // STEP_SECONDS
 CENTS = Decimal("0.01")
 CAMPAIGN_NAMES = [
@@ -64,7 +66,12 @@ class DemoProvider:
         meter.spend()
         latency_ms = int(options.get("latency_ms", 0))
         if latency_ms > 0:
-            time.sleep(latency_ms / 1000)
+            # The simulated call has a real call's timeout: a latency past it (or past the sync's
+            # deadline) is a platform that does not answer in time.
+            timeout = meter.call_timeout(CALL_TIMEOUT)
+            time.sleep(min(latency_ms / 1000, timeout))
+            if latency_ms / 1000 > timeout:
+                raise TransientProviderError(f"The demo platform did not answer within {timeout:.0f} s (simulated).")
         self._maybe_fail(options.get("simulate_error"), now)
 
         tz = account_zone(connection.timezone)

@@ -17,7 +17,8 @@ It serves what AdSync calls, the way Meta answers it:
 Tokens are checked (a wrong one gets error 190, as Meta answers), and so is appsecret_proof
 when the client sends one; with `require_proof` a call without one is refused, as for an app
 with "Require App Secret" on. Tests queue answers with `script()` (a Graph error, an HTML 502) that are
-served before the real ones, and read every request from `requests`.
+served before the real ones (or one that never answers: `Answer(..., hang=True)`), and read every
+request from `requests`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class Answer:
     body: str
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     content_type: str = "application/json"
+    # Never answer: hold the request until the server stops (a platform that does not answer).
+    hang: bool = False
 
 
 def graph_error(
@@ -159,6 +162,7 @@ class FakeGraph:
         # token -> the ad accounts /me/adaccounts lists for it
         self.ad_accounts: dict[str, list[dict]] = {}
         self._scripted: list[Answer] = []
+        self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -207,6 +211,7 @@ class FakeGraph:
         try:
             yield self
         finally:
+            self._stopping.set()
             self._server.shutdown()
             self._server.server_close()
             thread.join(timeout=5)
@@ -228,6 +233,9 @@ class FakeGraph:
                 self.requests.append(recorded)
                 scripted = self._scripted.pop(0) if self._scripted else None
             answer = scripted or self._answer(recorded)
+        if answer.hang:
+            self._stopping.wait()
+            return
         body = answer.body.encode()
         handler.send_response(answer.status)
         handler.send_header("Content-Type", answer.content_type)

@@ -82,7 +82,8 @@ class GoogleProvider:
         def search() -> list[MetricRow]:
             metadata = call_metadata(bearer=bearer_for(refresh_token, now=now), login_customer_id=login_customer_id)
             meter.spend()
-            return self._search(sdk, customer_id, query, metadata, connection.currency)
+            timeout = meter.call_timeout(settings.GOOGLE_ADS_TIMEOUT)
+            return self._search(sdk, customer_id, query, metadata, connection.currency, timeout)
 
         try:
             return FetchResult(rows=search())
@@ -121,10 +122,10 @@ class GoogleProvider:
     # --- the fetch's parts -----------------------------------------------------------------------
 
     @classmethod
-    def _search(cls, sdk: GoogleAdsSdk, customer_id: str, query: str, metadata: list, currency: str) -> list[MetricRow]:
-        stream = sdk.google_ads.search_stream(
-            customer_id=customer_id, query=query, metadata=metadata, timeout=settings.GOOGLE_ADS_TIMEOUT
-        )
+    def _search(
+        cls, sdk: GoogleAdsSdk, customer_id: str, query: str, metadata: list, currency: str, timeout: float
+    ) -> list[MetricRow]:
+        stream = sdk.google_ads.search_stream(customer_id=customer_id, query=query, metadata=metadata, timeout=timeout)
         return [cls._row(result, currency) for batch in stream for result in batch.results]
 
     @staticmethod

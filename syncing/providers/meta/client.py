@@ -50,6 +50,8 @@ class MeteredApi(FacebookAdsApi):
 
     def call(self, *args, **kwargs):
         self._meter.spend()
+        # The read timeout ends at the sync's deadline (the SDK passes session.timeout on).
+        self._session.timeout = (TIMEOUT[0], self._meter.call_timeout(TIMEOUT[1]))
         self.last_answer = None
         response = super().call(*args, **kwargs)
         self.response_headers.append(response.headers())
