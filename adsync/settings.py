@@ -189,8 +189,9 @@ SYNC_DISPATCH_INTERVAL = envint("SYNC_DISPATCH_INTERVAL", 1, minimum=1)
 # The most connections one tick claims; a larger backlog is claimed over the next ticks.
 SYNC_DISPATCH_BATCH = envint("SYNC_DISPATCH_BATCH", 1000, minimum=1)
 # Backpressure: jobs queued or syncing stay under the live sync workers' concurrency times this
-# (syncing.dispatcher.dispatch_room). 2: a job ready for every slot that frees up, and a queue
-# short enough that a Sync Now behind it starts within about one platform call.
+# (syncing.dispatcher.dispatch_room); only realtime jobs queue ahead, others fill free slots. 2: a
+# realtime job ready for every slot that frees up, and a queue short enough that a Sync Now
+# behind it starts within about one platform call.
 SYNC_QUEUE_AHEAD = envint("SYNC_QUEUE_AHEAD", 2, minimum=1)
 # Hard limit for one sync task; the soft limit leaves time to record the failure.
 SYNC_TASK_TIME_LIMIT = envint("SYNC_TASK_TIME_LIMIT", 120, minimum=10)

@@ -33,7 +33,7 @@ from django.db import transaction
 from django.db.models import Case, F, IntegerField, Value, When, Window
 from django.db.models.functions import RowNumber
 
-from connections.models import BUSY_STATUSES, RUNNABLE_STATUSES, SYNC_INTERVALS, Connection
+from connections.models import BUSY_STATUSES, RUNNABLE_STATUSES, SYNC_INTERVALS, Connection, SyncFrequency
 from syncing.budget import Budget, budget_available_at, budgets_used
 from syncing.health import engine_beats
 from syncing.models import SCHEDULER_HEARTBEAT, HeartbeatKind
@@ -78,13 +78,16 @@ class DueConnection:
 _DUE_FIELDS = tuple(field.name for field in dataclasses.fields(DueConnection))
 
 
-def connections_claim_due(*, now: datetime, limit: int) -> list[Claim]:
-    """Move up to `limit` due connections to queued; return them. Sends nothing.
+def connections_claim_due(*, now: datetime, limit: int, realtime: bool | None = None) -> list[Claim]:
+    """Move up to `limit` due connections to queued; return them. Sends nothing. With
+    `realtime` True (False), only realtime (only other) connections.
 
     A due connection whose provider budget has no call left for it is not queued: it is
     deferred to when the budget allows, and shows as rate limited meanwhile.
     """
     due_now = Connection.objects.filter(sync_status__in=RUNNABLE_STATUSES, next_sync_at__lte=now)
+    if realtime is not None:
+        due_now = (due_now.filter if realtime else due_now.exclude)(sync_frequency=SyncFrequency.REALTIME)
     with transaction.atomic():
         # Whose turn it is, over the due rows only (connections_due_idx). PostgreSQL cannot lock
         # the rows of a query with a window function, so a second query locks them by id; a
@@ -133,14 +136,28 @@ _URGENCY = Case(
 )
 
 
-def dispatch_room(*, now: datetime) -> int:
-    """How many more jobs the sync workers can start soon: their concurrency (from their
-    heartbeats) times SYNC_QUEUE_AHEAD, less the jobs queued or syncing. 0 with no live worker:
-    queuing then would only have recovery call the jobs lost; the banner and /readyz say why."""
-    capacity = engine_beats(now=now).live_sync_capacity * settings.SYNC_QUEUE_AHEAD
-    if capacity <= 0:
-        return 0
-    return max(0, capacity - Connection.objects.filter(sync_status__in=BUSY_STATUSES).count())
+@dataclasses.dataclass
+class Room:
+    """How many more jobs the sync workers can start soon. Realtime jobs may queue ahead, up
+    to the live workers' concurrency times SYNC_QUEUE_AHEAD in all; other jobs only fill free
+    slots (up to the concurrency), so a realtime job never waits behind a burst of daily ones
+    in the broker. 0 with no live worker: queuing then would only have recovery call the jobs
+    lost; the banner and /readyz say why."""
+
+    realtime: int
+    other: int
+
+    def take(self, claimed: int) -> None:
+        self.realtime = max(0, self.realtime - claimed)
+        self.other = max(0, min(self.other - claimed, self.realtime))
+
+
+def dispatch_room(*, now: datetime) -> Room:
+    concurrency = engine_beats(now=now).live_sync_capacity
+    if concurrency <= 0:
+        return Room(0, 0)
+    busy = Connection.objects.filter(sync_status__in=BUSY_STATUSES).count()
+    return Room(realtime=max(0, concurrency * settings.SYNC_QUEUE_AHEAD - busy), other=max(0, concurrency - busy))
 
 
 def _budgets_for(provider: str, account_id: str) -> list[Budget]:
@@ -183,22 +200,28 @@ def syncs_dispatch_due(*, now: datetime, limit: int | None = None) -> DispatchRe
     recovered = syncs_recover_stuck(now=now)
     due = Connection.objects.filter(sync_status__in=RUNNABLE_STATUSES, next_sync_at__lte=now).exists()
     # (Nothing due, the usual tick: no need to ask how much room there is.)
-    room = dispatch_room(now=now) if due else 0
+    room = dispatch_room(now=now) if due else Room(0, 0)
     claimed = sent = 0
-    while room > 0:
-        batch = min(limit, room)
-        claims = connections_claim_due(now=now, limit=batch)
-        claimed += len(claims)
-        room -= len(claims)
-        if claims:
-            try:
-                jobs_send(claims=claims)
-            except BrokerUnavailable:
-                # The claims were reverted; the next tick tries again.
+    broker_down = False
+    # Realtime first, into all the room; then the rest, into the free slots only.
+    for realtime in (True, False):
+        while not broker_down:
+            batch = min(limit, room.realtime if realtime else room.other)
+            if batch <= 0:
                 break
-            sent += len(claims)
-        if len(claims) < batch:
-            break
+            claims = connections_claim_due(now=now, limit=batch, realtime=realtime)
+            claimed += len(claims)
+            room.take(len(claims))
+            if claims:
+                try:
+                    jobs_send(claims=claims)
+                except BrokerUnavailable:
+                    # The claims were reverted; the next tick tries again.
+                    broker_down = True
+                    break
+                sent += len(claims)
+            if len(claims) < batch:
+                break
     if claimed:
         logger.info("Dispatched %d sync job(s)%s", sent, f", recovered {recovered}" if recovered else "")
     # Each completed tick is the scheduler's sign of life (/readyz, the Settings page's banner).

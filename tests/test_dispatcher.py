@@ -279,3 +279,23 @@ def test_claim_order_shorter_intervals_first_then_round_robin_across_workspaces(
     # Realtime before daily; and the shop's turn comes with the agency's first, not after all of
     # the agency's (by overdue time alone the agency would take both).
     assert claimed == {agency_realtime[2].pk, shop_realtime.pk}
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_other_jobs_only_fill_free_slots_realtime_may_queue_ahead(make_connection, sync_worker_beats, settings):
+    daily = [make_connection(sync_frequency=SyncFrequency.DAILY, now=NOW) for _ in range(5)]
+    for connection in daily:
+        schedule(connection, NOW - timedelta(hours=1))
+    realtime = [make_connection(sync_frequency=SyncFrequency.REALTIME, now=NOW) for _ in range(3)]
+    settings.SYNC_QUEUE_AHEAD = 2
+    sync_worker_beats(NOW, concurrency=4)
+
+    result = syncs_dispatch_due(now=NOW)
+
+    # Four slots: the 3 realtime jobs, and one daily job for the slot left; no daily job waits in
+    # the broker ahead of the next realtime one.
+    queued = set(Connection.objects.filter(sync_status=SyncStatus.QUEUED).values_list("pk", flat=True))
+    assert result.claimed == 4
+    assert {c.pk for c in realtime} <= queued
+    assert len(queued & {c.pk for c in daily}) == 1
