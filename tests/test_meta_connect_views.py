@@ -1,160 +1,54 @@
-"""Connecting Meta ad accounts: OAuth against a fake Graph API (and its dialog) on 127.0.0.1, the
-shared connect flow, and the admin's token paste."""
+"""Connecting Meta ad accounts through the shared connect flow (connections/connect.py): start,
+the redirect URI behind a proxy, the callback and its state, choosing accounts and a
+workspace, and what the Settings page shows.
 
-import hashlib
-import hmac
-import logging
+Against a fake Graph API (and its dialog) on 127.0.0.1 (see tests/meta_connect_fixtures.py),
+with the clock frozen at NOW.
+"""
+
 import os
 import subprocess
 import sys
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 import time_machine
-from django.contrib.auth import get_user_model
 from django.db import connections as db_connections
 from django.test import Client
 from django.urls import reverse
 
 from connections import services
 from connections.models import Connection, SyncFrequency, SyncStatus
-from connections.services import (
-    ConnectAccount,
-    connection_create,
-    connections_connect_accounts,
-    workspace_add_member,
-    workspace_create,
-)
+from connections.services import ConnectAccount, connection_create, connections_connect_accounts, workspace_create
 from connections.status import RECONNECT_URLS, access_expiry_text
 from syncing.models import DailyMetric
-from syncing.providers.meta import RECONNECT_MESSAGE
-from syncing.providers.meta import oauth as meta_oauth
 from syncing.runner import connection_sync_run
 from syncing.services import connection_enqueue_sync
-from tests.fakes.graph import VERSION, Answer, FakeGraph, insight
+from tests.fakes.graph import insight
+from tests.meta_connect_fixtures import (
+    CODE,
+    FLOW_KEY,
+    LONG,
+    NOW,
+    PENDING_KEY,
+    SHORT,
+    callback,
+    connect,
+    consent,
+    in_auth_error,
+    messages_on_settings,
+    meta_connections,
+    proof,
+    start,
+    state_of,
+)
+from tests.meta_connect_fixtures import browser_fixture as browser_fixture  # a fixture: pytest finds it by name
+from tests.meta_connect_fixtures import frozen_fixture as frozen_fixture  # a fixture: pytest finds it by name
+from tests.meta_connect_fixtures import graph_fixture as graph_fixture  # a fixture: pytest finds it by name
 from tests.pages import parse
-
-CODE = "AQDcode-from-the-dialog"
-SHORT = "EAAshort-lived-token"
-LONG = "EAAlong-lived-token-sixty-days"
-NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
-SIXTY_DAYS = 60 * 86400
-FLOW_KEY = "connect_meta_flow"
-PENDING_KEY = "connect_meta_pending"
-ACCOUNTS = [
-    {
-        "id": "act_111",
-        "account_id": "111",
-        "name": "Shop US",
-        "currency": "USD",
-        "timezone_name": "America/Chicago",
-        "account_status": 1,
-    },
-    {
-        "id": "act_222",
-        "account_id": "222",
-        "name": "Shop DE",
-        "currency": "EUR",
-        "timezone_name": "Europe/Berlin",
-        "account_status": 1,
-    },
-    {
-        "id": "act_333",
-        "account_id": "333",
-        "name": "Agency Test",
-        "currency": "GBP",
-        "timezone_name": "Europe/London",
-        "account_status": 1,
-    },
-    {"id": "act_444", "account_id": "444", "name": "Old shop", "currency": "USD", "account_status": 101},
-    {"id": "act_555", "account_id": "555", "name": "Banned shop", "currency": "USD", "account_status": 2},
-]
-
-
-@pytest.fixture
-def graph(settings):
-    fake = FakeGraph()
-    fake.codes = {CODE: SHORT}
-    fake.dialog_code = CODE
-    fake.long_lived = {SHORT: (LONG, SIXTY_DAYS)}
-    fake.valid_tokens = {LONG}
-    fake.ad_accounts = {LONG: ACCOUNTS}
-    fake.page_size = 2  # /me/adaccounts comes in three pages
-    # The app has "Require App Secret" on: every API call must carry appsecret_proof.
-    fake.require_proof = True
-    with fake.running():
-        settings.META_GRAPH_URL = fake.url
-        settings.META_APP_ID = fake.app_id
-        settings.META_APP_SECRET = fake.app_secret
-        settings.META_OAUTH_DIALOG_URL = fake.url
-        yield fake
-
-
-@pytest.fixture
-def browser(owner, workspace) -> Client:
-    client = Client()
-    client.force_login(owner)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def frozen():
-    with time_machine.travel(NOW, tick=False):
-        yield
-
-
-def start(client: Client) -> str:
-    """Press "Connect Meta account": the dialog's URL."""
-    response = client.post("/connect/meta/start")
-    assert response.status_code == 302
-    return response["Location"]
-
-
-def consent(client: Client) -> str:
-    """Start, and let the (fake) dialog consent: the callback URL it sends the browser to."""
-    answer = httpx.get(start(client), follow_redirects=False)
-    assert answer.status_code == 302, answer.text
-    url = urlsplit(answer.headers["Location"])
-    return f"{url.path}?{url.query}"
-
-
-def state_of(url: str) -> str:
-    return parse_qs(urlsplit(url).query)["state"][0]
-
-
-def callback(client: Client, **params):
-    return client.get("/connect/meta/callback", params)
-
-
-def connect(client: Client, accounts: list[str], **extra):
-    assert client.get(consent(client))["Location"] == "/connect/meta/choose"
-    response = client.post("/connect/meta/choose", {"accounts": accounts, **extra})
-    assert response.status_code == 302, response.content.decode()
-    return response
-
-
-def meta_connections():
-    return Connection.objects.filter(provider="meta").order_by("external_account_id")
-
-
-def messages_on_settings(client: Client) -> list[str]:
-    return [li.text() for li in parse(client.get("/settings").content).find_all("li", class_="message")]
-
-
-def proof(token: str) -> str:
-    return hmac.new(b"app-secret", token.encode(), hashlib.sha256).hexdigest()
-
-
-def in_auth_error(connection: Connection) -> None:
-    """As syncing.services.sync_fail leaves a connection whose access expired: unscheduled."""
-    Connection.objects.filter(pk=connection.pk).update(
-        sync_status=SyncStatus.ERROR, last_sync_error=RECONNECT_MESSAGE, last_sync_error_kind="auth", next_sync_at=None
-    )
-
 
 # --- start ----------------------------------------------------------------------------------------
 
@@ -438,119 +332,6 @@ def test_a_dialog_error_other_than_cancelling_is_shown(browser, graph):
     assert "Meta did not grant access (server_error). Nothing was connected." in response.content.decode()
 
 
-@pytest.mark.django_db
-def test_a_refused_code_shows_metas_message_and_no_secret(browser, graph):
-    state = state_of(start(browser))
-
-    response = callback(browser, code="AQDstale-code", state=state)
-
-    html = response.content.decode()
-    assert response.status_code == 502
-    assert "Meta refused the request: Invalid verification code format." in html
-    assert "app-secret" not in html
-    assert "AQDstale-code" not in html
-    assert not meta_connections().exists()
-
-
-@pytest.mark.django_db
-def test_an_answer_that_is_not_a_json_object_is_a_clear_error(browser, graph):
-    graph.script(Answer(200, "[1, 2, 3]"))
-
-    response = browser.get(consent(browser))
-
-    assert response.status_code == 502
-    assert "Meta sent an unreadable answer (HTTP 200); try again." in response.content.decode()
-
-
-@pytest.mark.django_db
-@pytest.mark.parametrize("expires_in", ["soon", "", -5, 0])
-def test_an_unreadable_expires_in_connects_with_an_unknown_expiry(browser, graph, caplog, expires_in):
-    graph.long_lived = {SHORT: (LONG, expires_in)}
-
-    connect(browser, ["111"])
-
-    assert meta_connections().get().credentials_expires_at is None
-    if expires_in != "":
-        assert f"Meta sent an unreadable expires_in {expires_in!r}" in caplog.text
-
-
-@pytest.mark.django_db
-def test_unknown_time_zones_become_utc_with_a_warning(browser, graph, caplog):
-    zones = ["America", "Mars/Olympus", "../../etc/passwd", None]
-    graph.ad_accounts = {
-        LONG: [
-            {"account_id": str(900 + i), "name": f"Zone {i}", "timezone_name": zone, "account_status": 1}
-            for i, zone in enumerate(zones)
-        ]
-    }
-
-    connect(browser, ["900", "901", "902", "903"])
-
-    assert [c.timezone for c in meta_connections()] == ["UTC", "UTC", "UTC", "UTC"]
-    for zone in ["America", "Mars/Olympus", "../../etc/passwd"]:
-        assert f"Meta reported an unknown time zone {zone!r}; using UTC" in caplog.text
-
-
-@pytest.mark.django_db
-def test_the_account_page_cap_is_said_on_the_page(browser, graph, monkeypatch, caplog):
-    monkeypatch.setattr(meta_oauth, "MAX_ACCOUNT_PAGES", 1)
-
-    browser.get(consent(browser))
-    html = browser.get("/connect/meta/choose").content.decode()
-
-    assert "This Meta login reaches more ad accounts than we list; only the first 2 are shown." in html
-    assert "Meta lists more than 1 pages of ad accounts" in caplog.text
-
-
-@pytest.mark.django_db
-def test_graph_calls_of_the_connect_flow_carry_the_appsecret_proof(browser, graph):
-    browser.get(consent(browser))
-
-    api_calls = [r for r in graph.requests if "access_token" in r.params and "client_secret" not in r.params]
-    assert [r.path for r in api_calls] == ["/v26.0/me/adaccounts"] * 3
-    assert all(r.params["appsecret_proof"] == proof(LONG) for r in api_calls)
-
-
-def test_the_fake_graph_refuses_calls_without_a_proof_only_when_it_requires_one():
-    fake = FakeGraph()
-    fake.ad_accounts = {LONG: ACCOUNTS}
-    with fake.running():
-        url = f"{fake.url}/{VERSION}/me/adaccounts"
-        fake.require_proof = True
-        refused = httpx.get(url, params={"access_token": LONG}).json()
-        wrong = httpx.get(url, params={"access_token": LONG, "appsecret_proof": "0" * 64}).json()
-        accepted = httpx.get(url, params={"access_token": LONG, "appsecret_proof": proof(LONG)}).json()
-        fake.require_proof = False
-        without = httpx.get(url, params={"access_token": LONG}).json()
-
-    assert refused["error"]["message"] == "API calls from the server require an appsecret_proof argument"
-    assert wrong["error"]["message"] == "Invalid appsecret_proof provided in the API argument"
-    assert len(accepted["data"]) == len(without["data"]) == 5
-
-
-def test_the_fake_graph_codes_work_once_and_only_with_the_dialogs_redirect_uri():
-    fake = FakeGraph()
-    fake.codes = {"code-1": SHORT, "code-2": SHORT}
-    fake.dialog_code = "code-1"
-    app = {"client_id": fake.app_id, "client_secret": fake.app_secret}
-    with fake.running():
-        token_url = f"{fake.url}/{VERSION}/oauth/access_token"
-        dialog = httpx.get(
-            f"{fake.url}/{VERSION}/dialog/oauth",
-            params={"client_id": fake.app_id, "redirect_uri": "https://a.example/cb", "state": "s"},
-        )
-        wrong_uri = httpx.get(token_url, params={**app, "code": "code-1", "redirect_uri": "https://b.example/cb"})
-        fake.codes["code-1"] = SHORT
-        fake.code_redirects["code-1"] = "https://a.example/cb"
-        right = httpx.get(token_url, params={**app, "code": "code-1", "redirect_uri": "https://a.example/cb"})
-        again = httpx.get(token_url, params={**app, "code": "code-1", "redirect_uri": "https://a.example/cb"})
-
-    assert dialog.headers["Location"] == "https://a.example/cb?code=code-1&state=s"
-    assert "redirect_uri is identical" in wrong_uri.json()["error"]["message"]
-    assert right.json()["access_token"] == SHORT
-    assert again.json()["error"]["message"] == "Invalid verification code format."
-
-
 # --- choosing ---------------------------------------------------------------------------------------
 
 
@@ -745,195 +526,3 @@ def test_settings_page_shows_when_meta_access_expires(browser, make_connection):
     html = browser.get("/settings").content.decode()
 
     assert html.count("access expires in 5 days") == 1
-
-
-# --- secrets --------------------------------------------------------------------------------
-
-
-@pytest.mark.django_db
-def test_tokens_are_never_logged_rendered_or_kept_in_plain_text(browser, graph, caplog):
-    caplog.set_level(logging.DEBUG)
-    back = consent(browser)
-    caplog.clear()  # the test's own visit to the dialog, whose log lines carry the code
-    browser.get(back)
-
-    pending = browser.session[PENDING_KEY]
-    pages = [browser.get("/connect/meta/choose").content.decode()]
-    browser.post("/connect/meta/choose", {"accounts": ["111"]})
-    pages.append(browser.get("/settings").content.decode())
-
-    # httpx logged each request (its URL carries the secrets), redacted.
-    assert "client_secret=[redacted]" in caplog.text
-    assert "fb_exchange_token=[redacted]" in caplog.text
-    assert "appsecret_proof=[redacted]" in caplog.text
-    for secret in [CODE, SHORT, LONG, "app-secret", proof(LONG)]:
-        assert secret not in caplog.text
-        assert secret not in pending
-        assert all(secret not in page for page in pages)
-
-
-# --- the admin's token paste ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def admin_browser(workspace) -> Client:
-    admin = get_user_model().objects.create_superuser("root", "root@example.com", "password")
-    workspace_add_member(workspace=workspace, user=admin)
-    client = Client()
-    client.force_login(admin)
-    return client
-
-
-def admin_form(workspace, connection: Connection) -> dict:
-    return {
-        "workspace": workspace.pk,
-        "provider": connection.provider,
-        "external_account_id": connection.external_account_id,
-        "name": connection.name,
-        "currency": "USD",
-        "timezone": "UTC",
-        "lookback_days": "",
-        "provider_options": "{}",
-    }
-
-
-@pytest.mark.django_db
-def test_admin_can_paste_a_system_user_token_that_is_never_shown(admin_browser, make_connection, workspace):
-    connection = make_connection(provider="meta", external_account_id="111", name="Shop US")
-    url = f"/admin/connections/connection/{connection.pk}/change/"
-    form = admin_form(workspace, connection)
-    system_token = "EAAsystem-user-token-never-expires"
-
-    response = admin_browser.post(url, {**form, "meta_access_token": system_token})
-
-    assert response.status_code == 302, response.content.decode()
-    connection.refresh_from_db()
-    assert (connection.credentials, connection.credentials_expires_at) == ({"access_token": system_token}, None)
-    assert system_token not in admin_browser.get(url).content.decode()
-    # Saving without a token keeps the stored one.
-    admin_browser.post(url, {**form, "name": "Shop US (renamed)"})
-    connection.refresh_from_db()
-    assert (connection.name, connection.credentials) == ("Shop US (renamed)", {"access_token": system_token})
-    # Only Meta connections take one.
-    demo = make_connection()
-    demo_form = {**admin_form(workspace, demo)}
-    rejected = admin_browser.post(
-        f"/admin/connections/connection/{demo.pk}/change/", {**demo_form, "meta_access_token": "x"}
-    )
-    assert rejected.status_code == 200
-    demo.refresh_from_db()
-    assert demo.credentials == {}
-
-
-@pytest.mark.django_db
-def test_admin_token_paste_reconnects_a_connection_whose_access_expired(admin_browser, make_connection, workspace):
-    connection = make_connection(
-        provider="meta",
-        external_account_id="111",
-        name="Shop US",
-        credentials={"access_token": "EAAexpired"},
-        sync_frequency=SyncFrequency.DAILY,
-        now=NOW,
-    )
-    Connection.objects.filter(pk=connection.pk).update(credentials_expires_at=NOW - timedelta(days=1))
-    in_auth_error(connection)
-
-    response = admin_browser.post(
-        f"/admin/connections/connection/{connection.pk}/change/",
-        {**admin_form(workspace, connection), "meta_access_token": "EAAsystem-user-token"},
-    )
-
-    assert response.status_code == 302, response.content.decode()
-    connection.refresh_from_db()
-    assert (connection.credentials, connection.credentials_expires_at) == (
-        {"access_token": "EAAsystem-user-token"},
-        None,
-    )
-    assert (connection.sync_status, connection.last_sync_error, connection.last_sync_error_kind) == (
-        SyncStatus.IDLE,
-        None,
-        "",
-    )
-    assert connection.next_sync_at == NOW
-
-
-@pytest.mark.django_db
-def test_admin_adding_a_meta_connection_with_a_token(admin_browser, workspace):
-    form = {
-        "workspace": workspace.pk,
-        "provider": "meta",
-        "external_account_id": "777",
-        "name": "Pasted",
-        "currency": "USD",
-        "timezone": "UTC",
-        "lookback_days": "",
-        "provider_options": "{}",
-        "sync_frequency": SyncFrequency.HOURLY,
-        "meta_access_token": "EAAsystem",
-    }
-
-    response = admin_browser.post("/admin/connections/connection/add/", form)
-
-    assert response.status_code == 302, response.content.decode()
-    connection = meta_connections().get()
-    assert (connection.credentials, connection.sync_status, connection.next_sync_at) == (
-        {"access_token": "EAAsystem"},
-        SyncStatus.IDLE,
-        NOW,
-    )
-
-
-@pytest.mark.django_db
-def test_an_absurd_expires_in_connects_with_an_unknown_expiry(browser, graph, caplog):
-    graph.long_lived = {SHORT: (LONG, 10**12)}
-
-    connect(browser, ["111"])
-
-    assert meta_connections().get().credentials_expires_at is None
-    assert f"Meta sent an unreadable expires_in {10**12!r}" in caplog.text
-
-
-@pytest.mark.django_db
-@pytest.mark.parametrize(
-    ("status", "offered"),
-    [
-        (1, True),  # active
-        (3, True),  # unsettled: still reports insights
-        (7, True),  # pending risk review
-        (8, True),  # pending settlement
-        (9, True),  # in grace period
-        (100, True),  # pending closure
-        (201, True),  # any active
-        ("3", True),
-        (None, True),
-        (2, False),  # disabled
-        (101, False),  # closed
-        (202, False),  # any closed
-        ("101", False),
-    ],
-    ids=lambda value: repr(value) if not isinstance(value, bool) else ("offered" if value else "left-out"),
-)
-def test_only_disabled_and_closed_accounts_are_left_out(browser, graph, status, offered):
-    account = {"account_id": "777", "name": "Shop Seven", "currency": "USD", "timezone_name": "UTC"}
-    if status is not None:
-        account["account_status"] = status
-    graph.ad_accounts = {LONG: [account, ACCOUNTS[0]]}
-
-    browser.get(consent(browser))
-    html = browser.get("/connect/meta/choose").content.decode()
-
-    assert "Shop US" in html
-    assert ("Shop Seven" in html) is offered
-    assert ("1 ad account that Meta reports as disabled or closed is not listed." in html) is not offered
-
-
-@pytest.mark.django_db
-def test_an_unsettled_account_can_be_connected(browser, graph):
-    graph.ad_accounts = {LONG: [{**ACCOUNTS[0], "account_status": 3}, ACCOUNTS[3]]}
-
-    connect(browser, ["111"])
-
-    assert [c.external_account_id for c in meta_connections()] == ["111"]
-    response = browser.post("/connect/meta/choose", {"accounts": ["444"]})
-    assert not meta_connections().filter(external_account_id="444").exists()
-    assert response.status_code in (302, 400)
