@@ -56,7 +56,7 @@ from django.utils import timezone
 
 from connections.models import Connection, SyncFrequency, SyncStatus
 from syncing.models import SCHEDULER_HEARTBEAT, Heartbeat, SyncOutcome, SyncRun
-from syncing.services import connection_enqueue_sync
+from syncing.services import RateLimited, connection_enqueue_sync
 
 INTERVAL = 30.0  # realtime
 TARGET_P95 = 31.0
@@ -508,7 +508,11 @@ class SyncNowProber(threading.Thread):
             self.not_created += 1
             return
         called_at = timezone.now()
-        result = connection_enqueue_sync(connection=connection, trigger="manual")
+        try:
+            result = connection_enqueue_sync(connection=connection, trigger="manual")
+        except RateLimited:  # the platform throttles it: Sync Now rightly makes no call
+            self.not_created += 1
+            return
         if not result.created:  # the dispatcher claimed it in between: nothing of ours to time
             self.not_created += 1
             return

@@ -23,8 +23,8 @@ from connections.services import (
     connections_set_frequency_all,
     workspace_add_member,
 )
-from connections.status import Freshness, connection_freshness, relative_time, stats_line
-from syncing.services import BrokerUnavailable, connection_enqueue_sync, syncs_reset_stuck
+from connections.status import Freshness, connection_freshness, rate_limited_message, relative_time, stats_line
+from syncing.services import BrokerUnavailable, RateLimited, connection_enqueue_sync, syncs_reset_stuck
 
 
 class MembershipInline(admin.TabularInline):
@@ -175,17 +175,24 @@ class ConnectionAdmin(admin.ModelAdmin):
         now = timezone.now()
         connections = list(queryset)
         queued = running = 0
+        # Not queued: the platform throttles them, and a call now would only push that out.
+        throttled: list[str] = []
         for connection in connections:
             try:
                 result = connection_enqueue_sync(connection=connection, trigger=SyncTrigger.MANUAL, now=now)
+            except RateLimited as exc:
+                throttled.append(f"{connection.name}: {rate_limited_message(exc.until, now)}")
+                continue
             except BrokerUnavailable as exc:
-                left = len(connections) - queued - running
+                left = len(connections) - queued - running - len(throttled)
                 self.message_user(request, f"{exc} {left} connection(s) were not queued.", messages.ERROR)
                 break
             queued += result.created
             running += not result.created
         if queued or running:
             self.message_user(request, f"Queued {queued} sync(s); {running} already queued or running.")
+        if throttled:
+            self.message_user(request, f"Not queued: {'; '.join(throttled)}.", messages.WARNING)
 
     @admin.action(description="Set to manual (pause)")
     def pause(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:

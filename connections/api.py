@@ -6,6 +6,8 @@ Every lookup goes through connections_for_user, so a connection in another works
 
 from __future__ import annotations
 
+import math
+
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
@@ -24,14 +26,16 @@ from connections.serializers import (
     ErrorOut,
     JobOut,
     PingOut,
+    RateLimitedOut,
     SyncFrequencyIn,
     SyncNowOut,
     SyncRunOut,
     SyncStatusOut,
 )
 from connections.services import connection_set_frequency
+from connections.status import rate_limited_message
 from syncing.selectors import job_get_for_user, sync_runs_for_connection
-from syncing.services import BrokerUnavailable, connection_enqueue_sync
+from syncing.services import BrokerUnavailable, RateLimited, connection_enqueue_sync
 
 CONNECTION_ID = OpenApiParameter(
     "connection_id",
@@ -157,13 +161,19 @@ class SyncNowView(ConnectionApiView):
                 "Retry-After",
                 int,
                 OpenApiParameter.HEADER,
-                response=[503],
+                response=[429, 503],
                 required=True,
-                description="Seconds to wait before trying again.",
+                description="Seconds to wait before trying again: until the platform's throttle ends (429), "
+                "or a moment for the job queue (503).",
             ),
         ],
         responses={
             202: OpenApiResponse(SyncNowOut, description="Queued, or the job already queued or running."),
+            429: OpenApiResponse(
+                RateLimitedOut,
+                description="The platform is throttling this connection: no job was queued and nothing changed. "
+                "Sync Now works again at `rate_limited_until`; scheduled syncs resume by themselves.",
+            ),
             503: OpenApiResponse(ErrorOut, description="The job queue is unavailable; nothing changed."),
             **WRITE_ERRORS,
         },
@@ -171,8 +181,14 @@ class SyncNowView(ConnectionApiView):
     )
     def post(self, request: Request, connection_id: str) -> Response:
         connection = self.get_connection(request, connection_id)
+        now = timezone.now()
         try:
-            result = connection_enqueue_sync(connection=connection, trigger=SyncTrigger.MANUAL)
+            result = connection_enqueue_sync(connection=connection, trigger=SyncTrigger.MANUAL, now=now)
+        except RateLimited as exc:
+            # Calling the platform now would only be throttled again and push the resume time out.
+            refused = RateLimitedOut({"detail": rate_limited_message(exc.until, now), "rate_limited_until": exc.until})
+            wait = max(1, math.ceil((exc.until - now).total_seconds()))
+            return Response(refused.data, status=status.HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": str(wait)})
         except BrokerUnavailable as exc:
             return Response(
                 {"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "5"}

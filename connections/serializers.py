@@ -154,5 +154,11 @@ class ErrorOut(serializers.Serializer):
     detail = serializers.CharField()
 
 
+class RateLimitedOut(ErrorOut):
+    rate_limited_until = UTCDateTimeField(
+        help_text="When the platform's throttle ends; Sync Now works again from then."
+    )
+
+
 class PingOut(serializers.Serializer):
     ok = serializers.BooleanField()

@@ -93,6 +93,15 @@ def stats_line(attempts: int, changes: int) -> str:
     return f"{attempts} {attempt_word} | {changes} {change_word} ({changes / attempts * 100:.1f}%)"
 
 
+def rate_limited_message(until: datetime, now: datetime) -> str:
+    """ "Rate limited — resumes 14:32 UTC": what the Settings page, Sync Now's answers, the admin
+    and manage.py sync_now say of a throttled connection."""
+    resumes = until.astimezone(UTC)
+    # A Google budget wait can run into tomorrow: then the date is part of the answer.
+    when = f"{resumes:%H:%M}" if resumes.date() == now.astimezone(UTC).date() else f"{resumes:%b %d, %H:%M}"
+    return f"Rate limited — resumes {when} UTC"
+
+
 def next_sync_text(connection: Connection, now: datetime) -> str:
     if connection.sync_frequency == SyncFrequency.MANUAL:
         return "manual"
@@ -169,10 +178,7 @@ def connection_status_view(connection: Connection, now: datetime) -> ConnectionS
     reconnect = connection.sync_status == SyncStatus.ERROR and connection.last_sync_error_kind == AUTH_ERROR_KIND
     rate_limited_text = None
     if connection.rate_limited_until is not None and connection.rate_limited_until > now:
-        resumes = connection.rate_limited_until.astimezone(UTC)
-        # A Google budget wait can run into tomorrow: then the date is part of the answer.
-        when = f"{resumes:%H:%M}" if resumes.date() == now.astimezone(UTC).date() else f"{resumes:%b %d, %H:%M}"
-        rate_limited_text = f"Rate limited — resumes {when} UTC"
+        rate_limited_text = rate_limited_message(connection.rate_limited_until, now)
     return ConnectionStatusView(
         frequency_label=FREQUENCY_LABELS[connection.sync_frequency],
         status=connection.sync_status,

@@ -19,9 +19,9 @@ from connections.models import Connection, SyncFrequency, SyncTrigger
 from connections.request_user import signed_in_user
 from connections.selectors import connection_get_for_user, connections_for_user
 from connections.services import connection_set_frequency
-from connections.status import FREQUENCY_LABELS, connection_status_view
+from connections.status import FREQUENCY_LABELS, connection_status_view, rate_limited_message
 from syncing.health import engine_banner
-from syncing.services import BrokerUnavailable, connection_enqueue_sync
+from syncing.services import BrokerUnavailable, RateLimited, connection_enqueue_sync
 
 
 def _wants_json(request: HttpRequest) -> bool:
@@ -108,8 +108,12 @@ def connection_frequency_update(request: HttpRequest, connection_id: str) -> Htt
 @require_POST
 def connection_sync_now(request: HttpRequest, connection_id: str) -> HttpResponse:
     connection = connection_get_for_user(user=signed_in_user(request), public_id=connection_id)
+    now = timezone.now()
     try:
-        result = connection_enqueue_sync(connection=connection, trigger=SyncTrigger.MANUAL)
+        result = connection_enqueue_sync(connection=connection, trigger=SyncTrigger.MANUAL, now=now)
+    except RateLimited as exc:
+        text = f"{connection.name}: {rate_limited_message(exc.until, now)}"
+        return _reply(request, connection, messages.WARNING, text, status=429)
     except BrokerUnavailable as exc:
         return _reply(request, connection, messages.ERROR, str(exc), status=503)
     if result.created:

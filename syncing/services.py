@@ -6,6 +6,7 @@ whether this caller won; nothing here checks a state and then acts on it in a se
                                                             --defer---> idle (rate limited)
                                                             --retry---> queued (same job)
     idle/error due, no budget left --defer--> stays, next_sync_at moved on (rate limited)
+    idle/error rate limited --manual enqueue--> refused, unchanged (RateLimited)
     error (access expired) --reconnect--> idle, scheduled again
     queued/syncing past their deadline --recover--> error
 
@@ -58,6 +59,15 @@ class BrokerUnavailable(Exception):
     """The job could not be handed to the queue; the connection was left as it was."""
 
 
+class RateLimited(Exception):
+    """A manual sync was asked for while the platform throttles the connection: calling it now
+    would only be throttled again and push the resume time further out. Nothing was changed."""
+
+    def __init__(self, *, until: datetime) -> None:
+        super().__init__(f"rate limited until {until.isoformat()}")
+        self.until = until
+
+
 @dataclasses.dataclass(frozen=True)
 class EnqueueResult:
     job_id: uuid.UUID
@@ -104,6 +114,10 @@ def connection_enqueue_sync(
     others get that job. The message is sent after commit; if the broker refuses it, the row is
     put back as it was and BrokerUnavailable is raised. With send=False the caller runs the job
     itself (manage.py sync_now --inline).
+
+    A manual sync of a connection the platform throttles (rate_limited_until after now) raises
+    RateLimited and changes nothing; a job already queued or running is still returned. Scheduled
+    claims never come here: the dispatcher holds throttled rows back through next_sync_at.
     """
     now = now or timezone.now()
     # A lost race means the row changed under us; three rounds settle it (the loser of a race
@@ -111,16 +125,24 @@ def connection_enqueue_sync(
     for _ in range(3):
         current = (
             Connection.objects.filter(pk=connection.pk)
-            .values("sync_status", "job_id", "queued_at", "queued_trigger")
+            .values("sync_status", "job_id", "queued_at", "queued_trigger", "rate_limited_until")
             .first()
         )
         if current is None:
             raise Connection.DoesNotExist(f"connection {connection.pk} no longer exists")
         if current["sync_status"] in BUSY_STATUSES:
             return EnqueueResult(job_id=_owning_job(current["job_id"]), status=current["sync_status"], created=False)
+        as_read: dict = {"sync_status": current["sync_status"]}
+        if trigger == SyncTrigger.MANUAL:
+            until = current["rate_limited_until"]
+            if until is not None and until > now:
+                raise RateLimited(until=until)
+            # Judged on this read: a throttle written in between (the dispatcher's defer) makes
+            # the UPDATE miss, and the next round reads it.
+            as_read["rate_limited_until"] = until
         job_id = uuid.uuid4()
         won = (
-            Connection.objects.filter(pk=connection.pk, sync_status=current["sync_status"]).update(
+            Connection.objects.filter(pk=connection.pk, **as_read).update(
                 sync_status=SyncStatus.QUEUED, job_id=job_id, queued_at=now, queued_trigger=trigger
             )
             == 1

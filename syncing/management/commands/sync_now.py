@@ -6,6 +6,10 @@ Without options it does what the Settings page's button and the API do: one job 
 single-flight, and prints each job id and status. --wait then follows the jobs in the database
 until each one is idle or in error. --inline runs the jobs in this process, for when no worker
 is running.
+
+A connection the platform throttles is not synced, in any mode: it prints "Rate limited —
+resumes 14:32 UTC", and the command exits non-zero at the end, as it does for the other
+connections it could not sync (a failure, a job a worker holds under --inline).
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from connections.models import BUSY_STATUSES, Connection, SyncStatus, SyncTrigger
+from connections.status import rate_limited_message
 from syncing.management.cli import connection_label, connections_for_arguments
 from syncing.models import JobStatus
 from syncing.runner import RetryLater, connection_sync_run
 from syncing.selectors import job_state
-from syncing.services import BrokerUnavailable, connection_enqueue_sync
+from syncing.services import BrokerUnavailable, RateLimited, connection_enqueue_sync
 
 # How often --wait reads the connections' state: often enough to see a demo sync's "syncing".
 POLL_INTERVAL = 0.25
@@ -83,22 +88,33 @@ class Command(BaseCommand):
         now = timezone.now()
         failed: list[Job] = []
         not_run: list[Job] = []
+        throttled: list[Connection] = []
         if inline:
-            to_wait_for = self._run_inline(connections, now=now, wait=wait, failed=failed, not_run=not_run)
+            to_wait_for = self._run_inline(connections, wait=wait, failed=failed, not_run=not_run, throttled=throttled)
         else:
-            to_wait_for = self._enqueue(connections, now=now)
+            to_wait_for = self._enqueue(connections, now=now, throttled=throttled)
         timed_out: list[Job] = []
         if wait:
             timed_out = self._wait(to_wait_for, deadline=deadline, failed=failed)
-        self._finish(failed=failed, not_run=not_run, timed_out=timed_out, total=len(connections), timeout=timeout)
+        self._finish(
+            failed=failed,
+            not_run=not_run,
+            throttled=throttled,
+            timed_out=timed_out,
+            total=len(connections),
+            timeout=timeout,
+        )
 
     # --- the three ways to run ----------------------------------------------------------------
 
-    def _enqueue(self, connections: list[Connection], *, now: datetime) -> list[Job]:
+    def _enqueue(self, connections: list[Connection], *, now: datetime, throttled: list[Connection]) -> list[Job]:
         jobs: list[Job] = []
         for connection in connections:
             try:
                 result = connection_enqueue_sync(connection=connection, trigger=SyncTrigger.MANUAL, now=now)
+            except RateLimited as exc:
+                self._report_throttled(connection, exc, now, throttled)
+                continue
             except BrokerUnavailable as exc:
                 done = f" {len(jobs)} job(s) were queued before this one." if jobs else ""
                 raise CommandError(
@@ -111,7 +127,13 @@ class Command(BaseCommand):
         return jobs
 
     def _run_inline(
-        self, connections: list[Connection], *, now: datetime, wait: bool, failed: list[Job], not_run: list[Job]
+        self,
+        connections: list[Connection],
+        *,
+        wait: bool,
+        failed: list[Job],
+        not_run: list[Job],
+        throttled: list[Connection],
     ) -> list[Job]:
         """Run each sync here. Returns the jobs a worker holds, to wait for."""
         busy: list[Job] = []
@@ -121,9 +143,12 @@ class Command(BaseCommand):
             # to the queue, so no worker can start it while this process runs it.
             # A fresh time for each: an inline run can take minutes, and a stale queued_at would let
             # the dispatcher's recovery take a job over as "lost" before it starts.
-            result = connection_enqueue_sync(
-                connection=connection, trigger=SyncTrigger.MANUAL, now=timezone.now(), send=False
-            )
+            now = timezone.now()
+            try:
+                result = connection_enqueue_sync(connection=connection, trigger=SyncTrigger.MANUAL, now=now, send=False)
+            except RateLimited as exc:
+                self._report_throttled(connection, exc, now, throttled)
+                continue
             job = Job(connection, result.job_id, result.status)
             if not result.created:
                 # Only the worker holding that job's message may start it (the start transition
@@ -191,6 +216,13 @@ class Command(BaseCommand):
 
     # --- reporting ----------------------------------------------------------------------------
 
+    def _report_throttled(
+        self, connection: Connection, exc: RateLimited, now: datetime, throttled: list[Connection]
+    ) -> None:
+        # No job, no platform call: it would only be throttled again and push the resume time out.
+        self.stdout.write(f"{connection_label(connection)}: {rate_limited_message(exc.until, now)}")
+        throttled.append(connection)
+
     def _report_finished(self, job: Job, row: Connection | None) -> bool:
         """Print how the job ended; True when it succeeded (a rate-limited sync resumes by itself)."""
         label = connection_label(job.connection)
@@ -215,7 +247,14 @@ class Command(BaseCommand):
         return True
 
     def _finish(
-        self, *, failed: list[Job], not_run: list[Job], timed_out: list[Job], total: int, timeout: float
+        self,
+        *,
+        failed: list[Job],
+        not_run: list[Job],
+        throttled: list[Connection],
+        timed_out: list[Job],
+        total: int,
+        timeout: float,
     ) -> None:
         problems = []
         if failed:
@@ -226,6 +265,12 @@ class Command(BaseCommand):
             problems.append(
                 f"Not run inline, a worker holds the job of {len(not_run)} connection(s): {names}. "
                 "Add --wait to wait for it."
+            )
+        if throttled:
+            names = ", ".join(connection.name for connection in throttled)
+            problems.append(
+                f"Not synced, the platform is rate limiting {len(throttled)} of {total} connection(s): {names}. "
+                "Run sync_now again once it resumes; scheduled syncs resume by themselves."
             )
         if timed_out:
             names = ", ".join(job.connection.name for job in timed_out)
