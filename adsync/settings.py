@@ -17,7 +17,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from adsync.env import envbool, envfloat, envint, envlist, envstr
-from syncing.task_names import DISPATCH_TASK_NAME, PRUNE_TASK_NAME, SYNC_TASK_NAME
+from syncing.task_names import DISPATCH_TASK_NAME, PRUNE_TASK_NAME, SYNC_QUEUE, SYNC_TASK_NAME
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(envstr("ADSYNC_DATA_DIR", str(BASE_DIR / ".data")))
@@ -189,9 +189,8 @@ SYNC_DISPATCH_INTERVAL = envint("SYNC_DISPATCH_INTERVAL", 1, minimum=1)
 # The most connections one tick claims; a larger backlog is claimed over the next ticks.
 SYNC_DISPATCH_BATCH = envint("SYNC_DISPATCH_BATCH", 1000, minimum=1)
 # Backpressure: jobs queued or syncing stay under the live sync workers' concurrency times this
-# (syncing.dispatcher.dispatch_room); only realtime jobs queue ahead, others fill free slots. 2: a
-# realtime job ready for every slot that frees up, and a queue short enough that a Sync Now
-# behind it starts within about one platform call.
+# (syncing.dispatcher.dispatch_room). 2: a job ready for every slot that frees up, and queues
+# short enough that a Sync Now behind them starts within about one platform call.
 SYNC_QUEUE_AHEAD = envint("SYNC_QUEUE_AHEAD", 2, minimum=1)
 # Hard limit for one sync task; the soft limit leaves time to record the failure.
 SYNC_TASK_TIME_LIMIT = envint("SYNC_TASK_TIME_LIMIT", 120, minimum=10)
@@ -285,9 +284,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Celery's default three times: with the socket timeouts above, a Sync Now while Redis hangs then
 # answers 503 in about 3 s instead of 4 timeouts plus backoff later.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
-CELERY_TASK_DEFAULT_QUEUE = "sync_jobs"
+CELERY_TASK_DEFAULT_QUEUE = SYNC_QUEUE
 CELERY_TASK_ROUTES = {
-    SYNC_TASK_NAME: {"queue": "sync_jobs"},
+    SYNC_TASK_NAME: {"queue": SYNC_QUEUE},
     # The dispatcher has a queue of its own, consumed by a worker process of its own (see
     # docker-compose.yml, make run), so that slow syncs filling every sync slot never delay a tick.
     DISPATCH_TASK_NAME: {"queue": "dispatch"},

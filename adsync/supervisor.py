@@ -358,7 +358,17 @@ def adsync_processes() -> list[ProcessSpec]:
         # compose's 64: the embedded SQLite has one writer at a time, and the demo needs few.
         ProcessSpec(
             "worker",
-            celery("worker", "-Q", "sync_jobs", "--pool", "threads", "--concurrency", "16", "--hostname", "sync@%h"),
+            celery(
+                "worker",
+                "-Q",
+                "sync_jobs,sync_bulk",
+                "--pool",
+                "threads",
+                "--concurrency",
+                "16",
+                "--hostname",
+                "sync@%h",
+            ),
             # Only with DATABASE_URL (PostgreSQL) does this pool apply; SQLite ignores it.
             env={"DB_POOL_MAX_SIZE": os.environ.get("DB_POOL_MAX_SIZE", "8")},
         ),

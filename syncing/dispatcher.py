@@ -47,6 +47,7 @@ from syncing.services import (
     jobs_send,
     syncs_recover_stuck,
 )
+from syncing.task_names import BULK_QUEUE, SYNC_QUEUE
 
 logger = logging.getLogger(__name__)
 
@@ -136,28 +137,15 @@ _URGENCY = Case(
 )
 
 
-@dataclasses.dataclass
-class Room:
-    """How many more jobs the sync workers can start soon. Realtime jobs may queue ahead, up
-    to the live workers' concurrency times SYNC_QUEUE_AHEAD in all; other jobs only fill free
-    slots (up to the concurrency), so a realtime job never waits behind a burst of daily ones
-    in the broker. 0 with no live worker: queuing then would only have recovery call the jobs
-    lost; the banner and /readyz say why."""
-
-    realtime: int
-    other: int
-
-    def take(self, claimed: int) -> None:
-        self.realtime = max(0, self.realtime - claimed)
-        self.other = max(0, min(self.other - claimed, self.realtime))
-
-
-def dispatch_room(*, now: datetime) -> Room:
+def dispatch_room(*, now: datetime) -> int:
+    """How many more jobs the sync workers can start soon: their concurrency (from their
+    heartbeats) times SYNC_QUEUE_AHEAD, less the jobs queued or syncing. 0 with no live worker:
+    queuing then would only have recovery call the jobs lost; the banner and /readyz say why."""
     concurrency = engine_beats(now=now).live_sync_capacity
     if concurrency <= 0:
-        return Room(0, 0)
+        return 0
     busy = Connection.objects.filter(sync_status__in=BUSY_STATUSES).count()
-    return Room(realtime=max(0, concurrency * settings.SYNC_QUEUE_AHEAD - busy), other=max(0, concurrency - busy))
+    return max(0, concurrency * settings.SYNC_QUEUE_AHEAD - busy)
 
 
 def _budgets_for(provider: str, account_id: str) -> list[Budget]:
@@ -200,21 +188,20 @@ def syncs_dispatch_due(*, now: datetime, limit: int | None = None) -> DispatchRe
     recovered = syncs_recover_stuck(now=now)
     due = Connection.objects.filter(sync_status__in=RUNNABLE_STATUSES, next_sync_at__lte=now).exists()
     # (Nothing due, the usual tick: no need to ask how much room there is.)
-    room = dispatch_room(now=now) if due else Room(0, 0)
+    room = dispatch_room(now=now) if due else 0
     claimed = sent = 0
     broker_down = False
-    # Realtime first, into all the room; then the rest, into the free slots only.
-    for realtime in (True, False):
-        while not broker_down:
-            batch = min(limit, room.realtime if realtime else room.other)
-            if batch <= 0:
-                break
+    # Realtime first, to the sync_jobs queue; then the rest, to sync_bulk, which the workers take
+    # from in turn with sync_jobs, so no realtime job waits behind a burst of daily ones.
+    for realtime, queue in ((True, SYNC_QUEUE), (False, BULK_QUEUE)):
+        while not broker_down and room > 0:
+            batch = min(limit, room)
             claims = connections_claim_due(now=now, limit=batch, realtime=realtime)
             claimed += len(claims)
-            room.take(len(claims))
+            room -= len(claims)
             if claims:
                 try:
-                    jobs_send(claims=claims)
+                    jobs_send(claims=claims, queue=queue)
                 except BrokerUnavailable:
                     # The claims were reverted; the next tick tries again.
                     broker_down = True

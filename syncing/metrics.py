@@ -24,8 +24,9 @@ from syncing.budget import Budget, budgets_used
 from syncing.models import Heartbeat, SyncCounter
 from syncing.providers import PROVIDERS
 from syncing.services import DURATION_BUCKETS, INF_BUCKET
+from syncing.task_names import BULK_QUEUE, SYNC_QUEUE
 
-QUEUES = ("sync_jobs", "dispatch")
+QUEUES = (SYNC_QUEUE, BULK_QUEUE, "dispatch")
 
 
 class EngineCollector(Collector):

@@ -50,7 +50,7 @@ from syncing.models import Heartbeat, SyncOutcome, SyncRun, SyncWindow
 from syncing.persist import metrics_persist_changed
 from syncing.providers import provider_for
 from syncing.providers.base import MetricRow, PermanentError, ProviderError
-from syncing.task_names import SYNC_TASK_NAME
+from syncing.task_names import SYNC_QUEUE, SYNC_TASK_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -171,13 +171,16 @@ def _owning_job(job_id: uuid.UUID | None) -> uuid.UUID:
     return job_id
 
 
-def jobs_send(*, claims: list[Claim]) -> None:
-    """Publish one sync_jobs message per claim; revert the claims that could not be sent."""
+def jobs_send(*, claims: list[Claim], queue: str = SYNC_QUEUE) -> None:
+    """Publish one message per claim (to sync_jobs unless told: syncing.task_names); revert the
+    claims that could not be sent."""
     sent = 0
     try:
         with celery_app.producer_or_acquire() as producer:
             for claim in claims:
-                celery_app.send_task(SYNC_TASK_NAME, args=[claim.connection_id, str(claim.job_id)], producer=producer)
+                celery_app.send_task(
+                    SYNC_TASK_NAME, args=[claim.connection_id, str(claim.job_id)], producer=producer, queue=queue
+                )
                 sent += 1
     except Exception as exc:  # kombu raises OperationalError, redis-py ConnectionError, OSError...
         unsent = claims[sent:]

@@ -185,7 +185,7 @@ class Worker:
                 "adsync",
                 "worker",
                 "-Q",
-                "sync_jobs",
+                "sync_jobs,sync_bulk",
                 # The pool docker-compose.yml's worker runs (threads, with a database pool); the
                 # tests about prefork's pool children ask for prefork.
                 "--pool",

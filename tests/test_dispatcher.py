@@ -283,19 +283,19 @@ def test_claim_order_shorter_intervals_first_then_round_robin_across_workspaces(
 
 @pytest.mark.django_db
 @pytest.mark.embedded
-def test_other_jobs_only_fill_free_slots_realtime_may_queue_ahead(make_connection, sync_worker_beats, settings):
+def test_realtime_jobs_go_to_sync_jobs_and_the_rest_to_sync_bulk(make_connection, sync_worker_beats):
+    from syncing.metrics import queue_lengths
+
     daily = [make_connection(sync_frequency=SyncFrequency.DAILY, now=NOW) for _ in range(5)]
     for connection in daily:
         schedule(connection, NOW - timedelta(hours=1))
     realtime = [make_connection(sync_frequency=SyncFrequency.REALTIME, now=NOW) for _ in range(3)]
-    settings.SYNC_QUEUE_AHEAD = 2
-    sync_worker_beats(NOW, concurrency=4)
+    sync_worker_beats(NOW)
+    before = queue_lengths()
 
-    result = syncs_dispatch_due(now=NOW)
+    result = syncs_dispatch_due(now=NOW, limit=2)  # batches of 2: each class in its own batches
 
-    # Four slots: the 3 realtime jobs, and one daily job for the slot left; no daily job waits in
-    # the broker ahead of the next realtime one.
-    queued = set(Connection.objects.filter(sync_status=SyncStatus.QUEUED).values_list("pk", flat=True))
-    assert result.claimed == 4
-    assert {c.pk for c in realtime} <= queued
-    assert len(queued & {c.pk for c in daily}) == 1
+    after = queue_lengths()
+    assert (result.claimed, result.sent) == (8, 8)
+    assert after["sync_jobs"] - before["sync_jobs"] == len(realtime)
+    assert after["sync_bulk"] - before["sync_bulk"] == len(daily)

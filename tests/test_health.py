@@ -238,7 +238,7 @@ def test_a_real_worker_beats_and_says_goodbye(start_worker, client):
         lambda: Heartbeat.objects.filter(kind=HeartbeatKind.SYNC_WORKER).first(), message="the worker's heartbeat"
     )
     assert row.name.startswith("test-")
-    assert (row.details["queues"], row.details["concurrency"]) == (["sync_jobs"], 2)
+    assert (row.details["queues"], row.details["concurrency"]) == (["sync_bulk", "sync_jobs"], 2)
     assert readyz(client, "?check=sync_workers")[0] == 200
 
     worker.stop()
