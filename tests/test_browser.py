@@ -52,6 +52,9 @@ def sign_in(page: Page, live_server, username: str = "alice", password: str = "p
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(f"{live_server.url}/settings")
+    # The URL changes when the navigation commits, before the deferred settings.js has run: a
+    # click before then submits the form without JavaScript (a redirect, not the live update).
+    page.wait_for_load_state("load")
 
 
 def card(page: Page, connection: Connection):
