@@ -1,7 +1,9 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.shortcuts import redirect
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from connections import views
@@ -20,6 +22,8 @@ urlpatterns = [
     ),
     path("settings/connections/<str:connection_id>/sync-now", views.connection_sync_now, name="settings-sync-now"),
     path("admin/", admin.site.urls),
+    # Browsers ask for /favicon.ico wherever a page names no icon (the API's JSON, the docs).
+    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("healthz", ops_views.healthz, name="healthz"),
     path("readyz", ops_views.readyz, name="readyz"),
     path("metrics", ops_views.metrics, name="metrics"),
