@@ -32,7 +32,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,6 +43,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _processes import Processes, percentile, wait_for_line  # noqa: E402 - after the path is set
 
 INTERVAL = 30.0  # realtime
 MISSED_GAP = 45.0  # bench/soak.py's long gap
@@ -65,75 +67,6 @@ def out(line: str = "") -> None:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default), as bench/soak.py."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-# --- subprocesses (as bench/soak.py's, which cannot be imported without its PostgreSQL set-up) ---
-
-
-class Processes:
-    """Child processes, each the leader of its own process group, stopped whatever happens."""
-
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.children: list[tuple[str, subprocess.Popen, Path]] = []
-
-    def start(self, name: str, args: list[str], env: dict) -> Path:
-        log = self.workdir / f"{name}.log"
-        with log.open("wb") as handle:
-            proc = subprocess.Popen(
-                args, cwd=self.workdir, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.children.append((name, proc, log))
-        return log
-
-    def stop_all(self) -> None:
-        for _, proc, _ in reversed(self.children):
-            _stop_group(proc, 20.0)
-
-    def exited(self) -> dict[str, int]:
-        return {name: proc.returncode for name, proc, _ in self.children if proc.poll() is not None}
-
-    def logs(self) -> dict[str, Path]:
-        return {name: log for name, _, log in self.children}
-
-
-def _stop_group(proc: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM the child (a worker's warm shutdown stops its pool in order, without logging the
-    pool processes' deaths as errors), then SIGKILL its process group if anything lingers."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # stray pool children of a dead leader
-
-
-def wait_for_line(log: Path, pattern: str, *, timeout: float, processes: Processes) -> bool:
-    deadline = time.monotonic() + timeout
-    regex = re.compile(pattern)
-    while time.monotonic() < deadline:
-        if log.exists() and regex.search(log.read_text(errors="replace")):
-            return True
-        if processes.exited():
-            return False
-        time.sleep(0.2)
-    return False
 
 
 # --- load and sampling ---------------------------------------------------------------------------

@@ -29,13 +29,11 @@ largest N that meets the targets. Talks only to 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import os
 import re
 import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -49,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _compose
 import _setup
+from _processes import Processes, percentile, wait_for_line
 from _setup import heading, out, verdict
 from django.conf import settings
 from django.db import close_old_connections
@@ -136,76 +135,6 @@ def mb(kb: int) -> str:
 
 
 # --- subprocesses ---------------------------------------------------------------------------
-
-
-class Processes:
-    """Child processes, each the leader of its own process group, stopped whatever happens."""
-
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.children: list[tuple[str, subprocess.Popen, Path]] = []
-
-    def start(self, name: str, args: list[str], env: dict) -> Path:
-        log = self.workdir / f"{name}.log"
-        handle = log.open("wb")
-        proc = subprocess.Popen(
-            args,
-            cwd=self.workdir,  # beat and celery write nothing into the source tree
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        handle.close()
-        self.children.append((name, proc, log))
-        return log
-
-    def pid(self, name: str) -> int:
-        return next(proc.pid for child_name, proc, _ in self.children if child_name == name)
-
-    def stop(self, name: str, *, timeout: float = 20.0) -> None:
-        for child_name, proc, _ in self.children:
-            if child_name == name:
-                _stop_group(proc, timeout)
-
-    def stop_all(self) -> None:
-        for _, proc, _ in reversed(self.children):
-            _stop_group(proc, 20.0)
-
-    def dead(self) -> list[str]:
-        return [name for name, proc, _ in self.children if proc.poll() is not None]
-
-
-def _stop_group(proc: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM the child (as `docker compose stop` does the container's main process: a Celery
-    worker's warm shutdown lets its pool finish the running tasks), SIGKILL its whole process
-    group if it lingers, and whatever is left of the group after it exits."""
-    if proc.poll() is not None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # stray pool children of a dead leader
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def wait_for_line(log: Path, pattern: str, *, timeout: float, processes: Processes) -> bool:
-    deadline = time.monotonic() + timeout
-    regex = re.compile(pattern)
-    while time.monotonic() < deadline:
-        if log.exists() and regex.search(log.read_text(errors="replace")):
-            return True
-        if processes.dead():
-            return False
-        time.sleep(0.2)
-    return False
 
 
 def wait_for_scheduler(since: datetime, *, timeout: float, processes: Processes) -> bool:
@@ -520,17 +449,6 @@ class SyncNowProber(threading.Thread):
 
 
 # --- analysis -------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def spread(values: list[float], unit: str = "s", digits: int = 2) -> str:

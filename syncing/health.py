@@ -8,9 +8,12 @@ database is down.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -132,25 +135,37 @@ def _check_database() -> Check:
     return Check(Component.DATABASE, True, "ok")
 
 
-def _check_broker() -> Check:
+@contextlib.contextmanager
+def broker_redis() -> Iterator[Any]:
+    """A short-lived client of the Redis broker, with HEALTH_BROKER_TIMEOUT on every socket (a
+    frozen Redis must not hang a probe or a scrape); None when the broker is not Redis."""
     url = celery_app.conf.broker_url or ""
-    timeout = settings.HEALTH_BROKER_TIMEOUT
-    try:
-        if url.startswith(("redis://", "rediss://", "unix://")):
-            import redis
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        yield None
+        return
+    import redis
 
-            client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-            try:
+    timeout = settings.HEALTH_BROKER_TIMEOUT
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _check_broker() -> Check:
+    try:
+        with broker_redis() as client:
+            if client is not None:
                 client.ping()
-            finally:
-                client.close()
-        elif folder := celery_app.conf.broker_transport_options.get("data_folder_in"):
+                return Check(Component.BROKER, True, "ok")
+        if folder := celery_app.conf.broker_transport_options.get("data_folder_in"):
             # The embedded filesystem broker: a folder on this machine.
             if not os.access(folder, os.W_OK):
                 return Check(Component.BROKER, False, f"queue folder {folder} is not writable")
         else:
             with celery_app.connection_for_write() as connection:
-                connection.ensure_connection(max_retries=1, timeout=timeout)
+                connection.ensure_connection(max_retries=1, timeout=settings.HEALTH_BROKER_TIMEOUT)
     except Exception as exc:  # redis-py, kombu and the OS each raise their own
         return Check(Component.BROKER, False, f"unavailable ({_first_line(exc)})")
     return Check(Component.BROKER, True, "ok")

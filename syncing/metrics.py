@@ -12,7 +12,6 @@ import os
 from collections import defaultdict
 from datetime import datetime
 
-from django.conf import settings
 from django.db.models import Count, Min, Q
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -21,6 +20,7 @@ from adsync.celery import app as celery_app
 from connections.models import RUNNABLE_STATUSES, SYNC_INTERVALS, Connection, Provider, SyncStatus
 from connections.status import FRESHNESS_GRACE_MIN, Freshness
 from syncing.budget import Budget, budgets_used
+from syncing.health import broker_redis
 from syncing.models import Heartbeat, SyncCounter
 from syncing.providers import PROVIDERS
 from syncing.services import DURATION_BUCKETS, INF_BUCKET
@@ -189,16 +189,9 @@ def active_budgets() -> dict[str, Budget]:
 
 def queue_lengths() -> dict[str, int]:
     """How many messages wait in each queue, asked of the broker itself."""
-    url = celery_app.conf.broker_url or ""
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        import redis
-
-        timeout = settings.HEALTH_BROKER_TIMEOUT
-        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        try:
+    with broker_redis() as client:
+        if client is not None:
             return {queue: int(client.llen(queue)) for queue in QUEUES}
-        finally:
-            client.close()
     if folder := celery_app.conf.broker_transport_options.get("data_folder_in"):
         # The embedded filesystem broker; kombu names each message file "<time>_<uuid>.<queue>.msg".
         names = os.listdir(folder)
