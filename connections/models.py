@@ -135,6 +135,9 @@ class Connection(models.Model):
     # When the next scheduled sync is due; null for manual connections.
     next_sync_at = models.DateTimeField(null=True, blank=True)
     rate_limited_until = models.DateTimeField(null=True, blank=True)
+    # Shared platform limits this connection was found to count against besides those its
+    # provider and account id imply (a Meta business's use case, from the usage headers).
+    throttle_scopes = models.JSONField(default=list, blank=True)
     last_restated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -213,3 +213,43 @@ class SyncCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider} {self.outcome} le={self.le} {self.count}"
+
+
+class PlatformScope(models.Model):
+    """A platform's limit shared by many connections, and what the platform last said about it.
+
+    A scope is one of the things a platform counts calls against: Meta's app, a business's use
+    case (business id and type) and an ad account; Google's developer token and a customer
+    (syncing.scopes names them). A row exists only for a scope the platform has throttled or
+    reported as busy:
+
+    - `throttled_until`: no call in the scope before then. Every connection in it is deferred
+      without a call, each showing this resume time. After it, one connection probes (the
+      `probe_*` columns) while the rest wait; the probe's answer lifts or renews the throttle.
+    - `pace_limit`: while the platform's usage headers say the scope is busy (usage_pct at or
+      above META_USAGE_SLOWDOWN_PCT), at most this many calls per rolling hour in the scope,
+      estimated from our own calls and the reported percentage, so usage stays under 100 %.
+    """
+
+    scope = models.CharField(max_length=200)
+    throttled_until = models.DateTimeField(null=True, blank=True)
+    reason = models.TextField(blank=True, default="")
+    probe_connection_id = models.BigIntegerField(null=True, blank=True)
+    probe_started_at = models.DateTimeField(null=True, blank=True)
+    usage_pct = models.FloatField(null=True, blank=True)
+    usage_reported_at = models.DateTimeField(null=True, blank=True)
+    pace_limit = models.PositiveIntegerField(null=True, blank=True)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "platform_scopes"
+        constraints = [
+            models.UniqueConstraint(fields=["scope"], name="syncing_platformscope_unique_scope"),
+            models.CheckConstraint(
+                condition=Q(pace_limit__isnull=True) | Q(pace_limit__gte=1),
+                name="syncing_platformscope_pace_positive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.scope

@@ -94,13 +94,19 @@ class DeadlineExceeded(ProviderError):
 
 
 class ThrottledError(ProviderError):
-    """The platform asked us to slow down; resume at `until` (None: the provider's default)."""
+    """The platform asked us to slow down; resume at `until` (None: the provider's default).
+
+    `scopes` names the shared limits the throttle applies to (syncing.scopes: Meta's app, a
+    business's use case, Google's developer token...): every connection in them waits, not only
+    this one. Empty: this connection only (our own budget said no, or the platform did not say).
+    """
 
     error_class = "throttled"
 
-    def __init__(self, message: str, *, until: datetime | None = None):
+    def __init__(self, message: str, *, until: datetime | None = None, scopes: tuple[str, ...] = ()):
         super().__init__(message)
         self.until = until
+        self.scopes = scopes
 
 
 class AuthError(ProviderError):
