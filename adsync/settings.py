@@ -195,6 +195,9 @@ SYNC_QUEUE_AHEAD = envint("SYNC_QUEUE_AHEAD", 2, minimum=1)
 # Hard limit for one sync task; the soft limit leaves time to record the failure.
 SYNC_TASK_TIME_LIMIT = envint("SYNC_TASK_TIME_LIMIT", 120, minimum=10)
 SYNC_TASK_SOFT_TIME_LIMIT = SYNC_TASK_TIME_LIMIT - 5
+# After a shared throttle's end one connection probes the platform; the others in the scope wait
+# this long at a time until its answer lifts the throttle (syncing.scopes).
+SYNC_THROTTLE_PROBE_WAIT = envint("SYNC_THROTTLE_PROBE_WAIT", 10, minimum=1)
 # A sync's own deadline, SYNC_TASK_SOFT_TIME_LIMIT after it starts, is enforced by the runner
 # (syncing.budget.CallMeter): no platform call starts after it and each call's timeout ends at it,
 # so it holds on the threads pool too, where Celery's time limits do not apply.
@@ -414,10 +417,14 @@ META_APP_SECRET = envstr("META_APP_SECRET")
 META_OAUTH_REDIRECT_URI = envstr("META_OAUTH_REDIRECT_URI")
 # Our share of Meta's 200 calls per rolling hour per ad account (the rest is headroom).
 META_CALLS_PER_HOUR = envint("META_CALLS_PER_HOUR", 180, minimum=1)
-# Meta's usage headers at or above this percentage make the account wait before its next sync.
-META_USAGE_SLOWDOWN_PCT = envint("META_USAGE_SLOWDOWN_PCT", 75, minimum=1)
-# How long that wait is when Meta does not say (estimated_time_to_regain_access), and how long a
-# throttle error pauses the account when its headers do not say either.
+# Meta's usage headers (app, business use case, ad account) at or above this percentage pace
+# every connection in that scope (syncing.scopes): at most as many calls per window as keep the
+# usage at META_USAGE_TARGET_PCT, estimated from our own calls in the window.
+META_USAGE_SLOWDOWN_PCT = envint("META_USAGE_SLOWDOWN_PCT", 75, minimum=1, maximum=99)
+META_USAGE_TARGET_PCT = envint("META_USAGE_TARGET_PCT", 90, minimum=1, maximum=99)
+# The rolling window Meta's usage percentages are over (an hour; a simulation may shorten it).
+META_USAGE_WINDOW_SECONDS = envint("META_USAGE_WINDOW_SECONDS", 3600, minimum=60)
+# How long a throttle pauses its scope when Meta does not estimate it (estimated_time_to_regain_access).
 META_PAUSE_MINUTES = envint("META_PAUSE_MINUTES", 5, minimum=1)
 # Days a restatement sync re-fetches (conversions keep changing for the attribution window).
 META_LOOKBACK_DAYS = envint("META_LOOKBACK_DAYS", 28, minimum=1)

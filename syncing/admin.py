@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from syncing.models import DailyMetric, SyncRun
+from syncing.models import DailyMetric, PlatformScope, SyncRun
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -59,3 +59,12 @@ class DailyMetricAdmin(ReadOnlyAdmin):
     list_select_related = ["connection"]
     search_fields = ["entity_name", "entity_id", "connection__name"]
     date_hierarchy = "date"
+
+
+@admin.register(PlatformScope)
+class PlatformScopeAdmin(ReadOnlyAdmin):
+    """Shared platform limits as the engine last saw them (syncing.scopes): written by syncs only."""
+
+    list_display = ["scope", "throttled_until", "usage_pct", "pace_limit", "probe_connection_id", "updated_at"]
+    search_fields = ["scope", "reason"]
+    ordering = ["scope"]

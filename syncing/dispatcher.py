@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -34,10 +34,18 @@ from django.db.models import Case, F, IntegerField, Value, When, Window
 from django.db.models.functions import RowNumber
 
 from connections.models import BUSY_STATUSES, RUNNABLE_STATUSES, SYNC_INTERVALS, Connection, SyncFrequency
-from syncing.budget import Budget, budget_available_at, budgets_used
+from syncing.budget import Budget, available_at, budget_buckets, budgets_used
 from syncing.health import engine_beats
 from syncing.models import SCHEDULER_HEARTBEAT, HeartbeatKind
 from syncing.providers import PROVIDERS
+from syncing.scopes import (
+    ScopeState,
+    connection_scopes,
+    pace_key,
+    scope_probe_take,
+    scope_states_in_force,
+    scopes_probe_release,
+)
 from syncing.services import (
     BrokerUnavailable,
     Claim,
@@ -73,6 +81,7 @@ class DueConnection:
     queued_trigger: str
     provider: str
     external_account_id: str
+    throttle_scopes: list
 
 
 # The columns the claim reads, named by DueConnection itself, so rows and fields cannot drift apart.
@@ -110,7 +119,7 @@ def connections_claim_due(*, now: datetime, limit: int, realtime: bool | None = 
         ]
         if not due:
             return []
-        ids, deferred = _within_budgets(due, now)
+        ids, deferred = _within_limits(due, now)
         if deferred:
             connections_defer(deferred=deferred)
         job_ids = connections_queue_claimed(ids=ids, now=now)
@@ -153,33 +162,105 @@ def _budgets_for(provider: str, account_id: str) -> list[Budget]:
     return [] if slug_provider is None else slug_provider.budgets(external_account_id=account_id)
 
 
-def _within_budgets(due: list[DueConnection], now: datetime) -> tuple[list[int], dict[datetime, list[int]]]:
-    """Split due rows into those whose next sync fits their budgets and those to defer.
+def _paced(scopes: tuple[str, ...], states: dict[str, ScopeState], provider: str, now: datetime) -> list[Budget]:
+    """The pace of each scope the platform reported busy (syncing.budget.CallMeter.observe)."""
+    window = getattr(PROVIDERS.get(provider), "usage_window", None)
+    if window is None:
+        return []
+    paced = []
+    for scope in scopes:
+        state = states.get(scope)
+        pace = None if state is None else state.pace(now, window)
+        if pace is not None:
+            paced.append(Budget(key=pace_key(scope), limit=pace, window=window, label=f"the pace of {scope}"))
+    return paced
 
-    One call is set aside per claimed sync as we go, so a batch never promises more calls than
-    a shared budget (Google's, for the whole installation) has left. Demo rows have no budget
-    and cost no query.
+
+def _within_limits(due: list[DueConnection], now: datetime) -> tuple[list[int], dict[datetime, list[int]]]:
+    """Split due rows into those whose next sync may call the platform now and those to defer.
+
+    - A row in a throttled scope (syncing.scopes) waits until the throttle's end, without a call.
+    - A row in a scope whose throttle is over but not yet confirmed may be its one probe; the
+      others wait SYNC_THROTTLE_PROBE_WAIT for the probe's answer.
+    - A row whose budgets (and the paces of busy scopes) have no call left waits until they do.
+      One call is set aside per claimed sync as we go, so a batch never promises more than a
+      shared budget has left; each row deferred for a budget also counts one call, so the rows
+      that wait resume spread out as older calls leave the window, not all in the same second.
+
+    Demo rows have no budgets or scopes and cost no query.
     """
-    budgets = {row.pk: _budgets_for(row.provider, row.external_account_id) for row in due}
-    every = {b.key: b for bs in budgets.values() for b in bs}
-    if not every:
+    scopes = {
+        row.pk: connection_scopes(
+            provider=row.provider, external_account_id=row.external_account_id, learned=row.throttle_scopes or ()
+        )
+        for row in due
+    }
+    states = scope_states_in_force(now=now) if any(scopes.values()) else {}
+    budgets = {
+        row.pk: [
+            *_budgets_for(row.provider, row.external_account_id),
+            *_paced(scopes[row.pk], states, row.provider, now),
+        ]
+        for row in due
+    }
+    limited = {b.key: b for bs in budgets.values() for b in bs if b.limit is not None}
+    if not limited and not states:
         return [row.pk for row in due], {}
-    recorded = budgets_used(budgets=list(every.values()), now=now)
+    recorded = budgets_used(budgets=list(limited.values()), now=now)
     used = dict(recorded)
+    waiting: dict[str, int] = dict.fromkeys(limited, 0)
+    buckets: dict[str, list[tuple[datetime, int]]] = {}
+    probes: dict[str, int] = {}
     claim: list[int] = []
     deferred: dict[datetime, list[int]] = {}
+    probe_wait = now + timedelta(seconds=settings.SYNC_THROTTLE_PROBE_WAIT)
     for row in due:
-        short = [b for b in budgets[row.pk] if used[b.key] + 1 > b.limit]
+        row_states = [states[scope] for scope in scopes[row.pk] if scope in states]
+        throttled = [state.throttled_until for state in row_states if state.throttled(now) and state.throttled_until]
+        if throttled:
+            deferred.setdefault(max(throttled), []).append(row.pk)
+            continue
+        short = [b for b in budgets[row.pk] if b.limit is not None and used[b.key] + 1 > b.limit]
         if short:
-            # Room for this sync once the recorded calls, and those set aside for the syncs
-            # claimed before it in this batch, have aged out enough.
-            until = max(budget_available_at(budget=b, now=now, pending=used[b.key] - recorded[b.key]) for b in short)
+            until = now
+            for budget in short:
+                if budget.key not in buckets:
+                    buckets[budget.key] = budget_buckets(budget=budget, now=now)
+                # Calls promised to this batch's claims and to the rows already told to wait.
+                pending = used[budget.key] - recorded[budget.key] + waiting[budget.key]
+                until = max(until, available_at(budget=budget, buckets=buckets[budget.key], now=now, calls=1 + pending))
+                waiting[budget.key] += 1
             deferred.setdefault(until, []).append(row.pk)
             continue
+        probing = [state.scope for state in row_states if state.probing(now)]
+        if probing and not _probe_take(row.pk, probing, states, probes, now):
+            deferred.setdefault(probe_wait, []).append(row.pk)
+            continue
         for budget in budgets[row.pk]:
-            used[budget.key] += 1
+            if budget.limit is not None:
+                used[budget.key] += 1
         claim.append(row.pk)
     return claim, deferred
+
+
+def _probe_take(
+    connection_id: int, scopes: list[str], states: dict[str, ScopeState], probes: dict[str, int], now: datetime
+) -> bool:
+    """Whether this row is the one probe of every scope it waits on (each taken by a conditional
+    UPDATE, so two dispatchers never both send one)."""
+    if any(scope in probes or not states[scope].probe_free(now) for scope in scopes):
+        return False
+    taken: list[str] = []
+    for scope in scopes:
+        if not scope_probe_take(scope=scope, connection_id=connection_id, now=now):
+            if taken:
+                scopes_probe_release(connection_id=connection_id, now=now)
+            return False
+        taken.append(scope)
+    for scope in scopes:
+        probes[scope] = connection_id
+    logger.info("Connection %s probes %s after its throttle", connection_id, ", ".join(scopes))
+    return True
 
 
 def syncs_dispatch_due(*, now: datetime, limit: int | None = None) -> DispatchResult:

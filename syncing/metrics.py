@@ -23,6 +23,7 @@ from syncing.budget import Budget, budgets_used
 from syncing.health import broker_redis
 from syncing.models import Heartbeat, SyncCounter
 from syncing.providers import PROVIDERS
+from syncing.scopes import scope_states_in_force
 from syncing.services import DURATION_BUCKETS, INF_BUCKET
 from syncing.task_names import BULK_QUEUE, SYNC_QUEUE
 
@@ -39,6 +40,7 @@ class EngineCollector(Collector):
         yield from self._queue_depth()
         yield from self._connections()
         yield from self._budgets()
+        yield from self._scopes()
         yield self._heartbeats()
 
     def _sync_totals(self):
@@ -132,8 +134,33 @@ class EngineCollector(Collector):
         budgets = active_budgets()
         for key, calls in sorted(budgets_used(budgets=list(budgets.values()), now=self.now).items()):
             used.add_metric([key], calls)
-            limit.add_metric([key], budgets[key].limit)
+            allowed = budgets[key].limit
+            if allowed is not None:
+                limit.add_metric([key], allowed)
         return [used, limit]
+
+    def _scopes(self):
+        """Shared platform limits (syncing.scopes): seconds until a throttle ends (0 while its
+        probe is awaited), the usage the platform last reported, and the pace in force."""
+        throttled = GaugeMetricFamily(
+            "adsync_platform_scope_throttled_seconds",
+            "Seconds until a shared platform throttle ends (0: over, awaiting its probe).",
+            labels=["scope"],
+        )
+        usage = GaugeMetricFamily(
+            "adsync_platform_scope_usage_percent", "The usage the platform last reported for a scope.", labels=["scope"]
+        )
+        pace = GaugeMetricFamily(
+            "adsync_platform_scope_pace_calls", "Calls per window allowed while a scope is busy.", labels=["scope"]
+        )
+        for state in scope_states_in_force(now=self.now).values():
+            if state.throttled_until is not None:
+                throttled.add_metric([state.scope], max(0.0, (state.throttled_until - self.now).total_seconds()))
+            if state.usage_pct is not None:
+                usage.add_metric([state.scope], state.usage_pct)
+            if state.pace_limit is not None:
+                pace.add_metric([state.scope], state.pace_limit)
+        return [throttled, usage, pace]
 
     def _heartbeats(self):
         ages = GaugeMetricFamily(

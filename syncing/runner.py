@@ -28,6 +28,7 @@ from syncing.providers.base import (
     ThrottledError,
     TransientProviderError,
 )
+from syncing.scopes import connection_scopes
 from syncing.services import (
     StartedSync,
     sync_defer,
@@ -107,6 +108,13 @@ def connection_sync_run(*, connection_id: int, job_id: uuid.UUID, attempt: int =
             clock=timezone.now,
             deadline=deadline,
             allowed_seconds=settings.SYNC_TASK_SOFT_TIME_LIMIT,
+            scopes=connection_scopes(
+                provider=connection.provider,
+                external_account_id=connection.external_account_id,
+                learned=connection.throttle_scopes or (),
+            ),
+            usage_window=provider.usage_window,
+            connection_id=connection.pk,
         )
         result = provider.fetch(
             connection=connection, since=started.since, until=started.until, now=started.started_at, meter=meter
@@ -154,6 +162,7 @@ def connection_sync_run(*, connection_id: int, job_id: uuid.UUID, attempt: int =
                 api_calls=meter.calls,
                 now=timezone.now(),
                 slow_down_until=result.slow_down_until,
+                throttle=meter.pending_throttle,
             )
         )
     except Exception:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import operator
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, timedelta
@@ -49,7 +50,15 @@ from syncing import schedule
 from syncing.models import Heartbeat, SyncOutcome, SyncRun, SyncWindow
 from syncing.persist import metrics_persist_changed
 from syncing.providers import provider_for
-from syncing.providers.base import MetricRow, PermanentError, ProviderError
+from syncing.providers.base import MetricRow, PermanentError, ProviderError, ThrottledError
+from syncing.scopes import (
+    connection_scopes,
+    scope_connections,
+    scope_states,
+    scopes_clear_after_answer,
+    scopes_probe_release,
+    scopes_throttle,
+)
 from syncing.task_names import SYNC_QUEUE, SYNC_TASK_NAME
 
 logger = logging.getLogger(__name__)
@@ -137,6 +146,11 @@ def connection_enqueue_sync(
             until = current["rate_limited_until"]
             if until is not None and until > now:
                 raise RateLimited(until=until)
+            # A throttle on a scope the connection shares (Meta's app, Google's developer token)
+            # holds it back too, even before the dispatcher has deferred it.
+            shared = _scope_throttle(connection, now)
+            if shared is not None:
+                raise RateLimited(until=shared)
             # Judged on this read: a throttle written in between (the dispatcher's defer) makes
             # the UPDATE miss, and the next round reads it.
             as_read["rate_limited_until"] = until
@@ -162,6 +176,20 @@ def connection_enqueue_sync(
     # Three lost races: others keep enqueueing, so the row is busy with one of their jobs.
     final = Connection.objects.filter(pk=connection.pk).values("sync_status", "job_id").get()
     return EnqueueResult(job_id=_owning_job(final["job_id"]), status=final["sync_status"], created=False)
+
+
+def _scope_throttle(connection: Connection, now: datetime) -> datetime | None:
+    """When the latest throttle in force on the connection's scopes ends; None if there is none."""
+    states = scope_states(scopes=_scopes_of(connection))
+    return max((s.throttled_until for s in states.values() if s.throttled(now) and s.throttled_until), default=None)
+
+
+def _scopes_of(connection: Connection) -> tuple[str, ...]:
+    return connection_scopes(
+        provider=connection.provider,
+        external_account_id=connection.external_account_id,
+        learned=connection.throttle_scopes or (),
+    )
 
 
 def _owning_job(job_id: uuid.UUID | None) -> uuid.UUID:
@@ -253,6 +281,23 @@ def connections_defer(*, deferred: Mapping[datetime, list[int]]) -> None:
             next_sync_at=until, rate_limited_until=until
         )
     logger.info("Deferred %d due sync(s) to stay within provider rate budgets", sum(map(len, deferred.values())))
+
+
+def connections_defer_in_scopes(*, scopes: Iterable[str], until: datetime) -> int:
+    """Every connection in throttled scopes waits until the throttle's end, without a call: the
+    idle and errored ones now (their next sync moves to at least `until`, shown as rate limited,
+    the same resume time on each); queued and running ones stop at their next call's check
+    (syncing.budget.CallMeter.spend). Runs in the caller's transaction."""
+    members = functools.reduce(operator.or_, (scope_connections(scope) for scope in scopes), Q(pk__in=[]))
+    return (
+        Connection.objects.filter(members, sync_status__in=RUNNABLE_STATUSES)
+        .filter(Q(rate_limited_until__isnull=True) | Q(rate_limited_until__lt=until))
+        # An unscheduled row (manual, or waiting for a reconnect) stays unscheduled.
+        .update(
+            rate_limited_until=until,
+            next_sync_at=Case(When(next_sync_at__lt=until, then=Value(until)), default=F("next_sync_at")),
+        )
+    )
 
 
 # --- schedule (frequency changes and reconnects, through connections.services) -----------------
@@ -422,13 +467,21 @@ def sync_finish(
     api_calls: int,
     now: datetime,
     slow_down_until: datetime | None = None,
+    throttle: ThrottledError | None = None,
 ) -> int | None:
     """syncing -> idle, writing only changed metric rows, in one short transaction.
 
     Returns the number of rows written, or None when the job was no longer ours (recovery gave
-    up on it meanwhile): then nothing at all is written. With slow_down_until (the platform's
-    usage is high) the connection also waits until then, shown as rate limited.
+    up on it meanwhile): then nothing at all is written. With slow_down_until the connection
+    also waits until then, shown as rate limited. With `throttle` (the platform's last answer
+    carried data and said a scope is now throttled) the rows are kept, and the connection and
+    every other one in the throttled scopes wait until the throttle's end.
+
+    Answers without a throttle lift the throttles of the connection's scopes that are over:
+    a probe's success resumes every connection in the scope.
     """
+    if throttle is not None and throttle.until is not None:
+        slow_down_until = max(slow_down_until or throttle.until, throttle.until)
     with transaction.atomic():
         written = metrics_persist_changed(connection_id=started.connection.pk, rows=rows, now=now)
         changes: dict = {
@@ -449,8 +502,23 @@ def sync_finish(
         if _mine(started).update(**changes) != 1:
             transaction.set_rollback(True)
             return None
+        if api_calls:
+            scopes_clear_after_answer(scopes=_scopes_of(started.connection), now=now)
+        if throttle is not None and throttle.scopes and slow_down_until is not None:
+            _scopes_throttle(throttle, slow_down_until, now)
         _run_close(started, SyncOutcome.SUCCESS, None, now, api_calls, rows_fetched=len(rows), rows_written=written)
     return written
+
+
+def _scopes_throttle(error: ThrottledError, until: datetime, now: datetime) -> None:
+    scopes_throttle(scopes=error.scopes, until=until, reason=error.message, now=now)
+    deferred = connections_defer_in_scopes(scopes=error.scopes, until=until)
+    logger.info(
+        "Throttle on %s until %s: %d other connection(s) deferred without a call",
+        ", ".join(error.scopes),
+        until.isoformat(),
+        deferred,
+    )
 
 
 def sync_fail(*, started: StartedSync, error: ProviderError, now: datetime, api_calls: int = 0) -> bool:
@@ -484,6 +552,8 @@ def sync_fail(*, started: StartedSync, error: ProviderError, now: datetime, api_
                 return True
         elif mine.update(**changes) != 1:
             return False
+        # Not an answer either way about a shared throttle: another connection probes.
+        scopes_probe_release(connection_id=started.connection.pk, now=now)
         _run_close(started, SyncOutcome.ERROR, error, now, api_calls)
     return True
 
@@ -500,13 +570,22 @@ def _deferred_next_sync(until: datetime) -> Case:
 def sync_defer(
     *, started: StartedSync, until: datetime, error: ProviderError, now: datetime, api_calls: int = 0
 ) -> bool:
-    """syncing -> idle while the platform throttles us: not a failure, resumes by itself."""
+    """syncing -> idle while the platform throttles us: not a failure, resumes by itself.
+
+    A throttle on shared scopes (error.scopes: Meta's app, Google's developer token...) is
+    stored once for each, and every other connection in them waits until the same time without
+    a call. A throttle of this connection alone (our own budget, a scope already throttled)
+    releases its probe, if it was one, for another connection to try."""
     with transaction.atomic():
         won = _mine(started).update(
             sync_status=SyncStatus.IDLE, rate_limited_until=until, next_sync_at=_deferred_next_sync(until)
         )
         if won != 1:
             return False
+        if isinstance(error, ThrottledError) and error.scopes:
+            _scopes_throttle(error, until, now)
+        else:
+            scopes_probe_release(connection_id=started.connection.pk, now=now)
         _run_close(started, SyncOutcome.RATE_LIMITED, error, now, api_calls)
     return True
 
@@ -525,6 +604,7 @@ def sync_requeue_for_retry(*, started: StartedSync, error: ProviderError, now: d
             slot = Case(When(sync_frequency=SyncFrequency.MANUAL, then=Value(None)), default=Value(started.slot))
         if _mine(started).update(sync_status=SyncStatus.QUEUED, queued_at=now, next_sync_at=slot) != 1:
             return False
+        scopes_probe_release(connection_id=started.connection.pk, now=now)
         _run_close(started, SyncOutcome.RETRYING, error, now, api_calls)
     return True
 
@@ -719,7 +799,8 @@ def sync_runs_prune(*, now: datetime, batch: int = 10_000) -> int:
         )
         if not ids:
             return deleted
-        deleted += SyncRun.objects.filter(pk__in=ids).delete()[0]
+        # Their ledger rows (SyncChange) go with them; count the runs only.
+        deleted += SyncRun.objects.filter(pk__in=ids).delete()[1].get(SyncRun._meta.label, 0)
 
 
 # --- heartbeats ---------------------------------------------------------------------------------

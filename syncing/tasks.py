@@ -11,6 +11,7 @@ from django.utils import timezone
 from syncing.budget import api_call_buckets_prune
 from syncing.dispatcher import syncs_dispatch_due
 from syncing.runner import RetryLater, connection_sync_run, database_retry_delay
+from syncing.scopes import platform_scopes_prune
 from syncing.services import heartbeats_prune, sync_runs_prune
 from syncing.task_names import DISPATCH_TASK_NAME, PRUNE_TASK_NAME, SYNC_TASK_NAME
 
@@ -57,3 +58,4 @@ def prune_sync_runs() -> None:
     sync_runs_prune(now=now)
     api_call_buckets_prune(now=now)
     heartbeats_prune(now=now)
+    platform_scopes_prune(now=now)

@@ -209,9 +209,12 @@ def test_a_body_that_is_not_json_is_a_provider_error_with_a_short_message(
     graph.script(answer)
     meter = CallMeter(MetaProvider().budgets(external_account_id=ACCOUNT), clock=lambda: NOW)
 
-    with pytest.raises(error) as raised:
+    connection = meta()
+    # The answer comes 4 s after the sync started: the pause counts from the answer.
+    answered = NOW + timedelta(seconds=4)
+    with pytest.raises(error) as raised, time_machine.travel(answered, tick=False):
         MetaProvider().fetch(
-            connection=meta(), since=date(2026, 11, 27), until=date(2026, 11, 28), now=NOW, meter=meter
+            connection=connection, since=date(2026, 11, 27), until=date(2026, 11, 28), now=NOW, meter=meter
         )
 
     assert type(raised.value) is error
@@ -219,7 +222,7 @@ def test_a_body_that_is_not_json_is_a_provider_error_with_a_short_message(
     assert raised.value.__cause__ is None
     assert raised.value.__context__ is None
     if error is ThrottledError:
-        assert raised.value.until == NOW + timedelta(minutes=7)
+        assert raised.value.until == answered + timedelta(minutes=7)
     assert meter.calls == calls_counted() == 1
 
 

@@ -1,5 +1,5 @@
 """The Meta provider's budget and Meta's usage headers (syncing/providers/meta/usage.py): the
-hourly budget per ad account, throttle errors, usage headers that defer the next sync, and the
+hourly budget per ad account, throttle errors, usage headers that pace a busy scope, and the
 dispatcher keeping a realtime connection within the budget.
 
 The real facebook-business SDK over the wire to a fake Graph API on 127.0.0.1 (see
@@ -16,10 +16,11 @@ from django.db.models import Sum
 from connections.models import SyncFrequency, SyncStatus
 from syncing.budget import budget_try_spend
 from syncing.dispatcher import connections_claim_due
-from syncing.models import ApiCallBucket, DailyMetric, SyncRun
+from syncing.models import ApiCallBucket, DailyMetric, PlatformScope, SyncRun
 from syncing.providers import PROVIDERS, provider_for
 from syncing.providers.meta import MetaProvider
 from syncing.runner import connection_sync_run
+from syncing.scopes import meta_account_scope, meta_business_scope
 from tests.fakes.graph import buc_usage, graph_error
 from tests.meta_provider_fixtures import ACCOUNT, NOW, last_run, restated, sync, two_days
 from tests.meta_provider_fixtures import graph_fixture as graph_fixture  # a fixture: pytest finds it by name
@@ -74,24 +75,28 @@ def test_throttle_error_waits_as_long_as_meta_estimates(graph, meta):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
-    "headers",
+    ("headers", "scope"),
     [
-        buc_usage(ACCOUNT, 80),
-        {"X-Ad-Account-Usage": '{"acc_id_util_pct": 80.5, "reset_time_duration": 0}'},
-        {"x-fb-ads-insights-throttle": '{"app_id_util_pct": 12, "acc_id_util_pct": 80}'},
+        (buc_usage(ACCOUNT, 80), meta_business_scope(ACCOUNT, "ads_insights")),
+        ({"X-Ad-Account-Usage": '{"acc_id_util_pct": 80.5, "reset_time_duration": 0}'}, meta_account_scope(ACCOUNT)),
+        ({"x-fb-ads-insights-throttle": '{"app_id_util_pct": 12, "acc_id_util_pct": 80}'}, meta_account_scope(ACCOUNT)),
     ],
     ids=["business-use-case", "ad-account", "insights-throttle"],
 )
-def test_usage_header_at_80_percent_defers_the_next_sync(graph, meta, headers):
+def test_usage_header_at_80_percent_paces_its_scope_and_keeps_the_rows(graph, meta, headers, scope):
     graph.insights[ACCOUNT] = two_days(spend="3.00")
     graph.usage_headers = headers
     connection = restated(meta(sync_frequency=SyncFrequency.REALTIME))
 
     assert sync(connection) == "success"
 
-    until = NOW + timedelta(minutes=5)
-    assert (connection.sync_status, connection.rate_limited_until, connection.next_sync_at) == ("idle", until, until)
+    # Not a pause of the account: a pace for the busy scope (syncing.scopes), shared by every
+    # connection in it, so usage stays under 100 % (tests/test_platform_scopes.py).
+    assert (connection.sync_status, connection.rate_limited_until) == ("idle", None)
     assert DailyMetric.objects.filter(connection=connection).count() == 2
+    paced = PlatformScope.objects.get()
+    assert (paced.scope, paced.throttled_until, paced.pace_limit) == (scope, None, 1)
+    # One call in the window was ~80 %: a second would pass the 90 % target, so it waits.
     assert connections_claim_due(now=NOW + timedelta(seconds=30), limit=10) == []
 
 

@@ -249,3 +249,18 @@ def test_failed_sync_log_line_carries_the_error(make_connection, caplog, django_
 
     (message,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sync finished")]
     assert message.endswith("outcome=error duration_ms=2000 error_class=permanent error='Account disabled'")
+
+
+@pytest.mark.django_db
+def test_metrics_show_shared_platform_throttles_usage_and_pace(metrics_on, broker):
+    from syncing.scopes import META_APP, meta_account_scope, scope_usage_record, scopes_throttle
+
+    scopes_throttle(scopes=[META_APP], until=NOW + timedelta(minutes=4), reason="(#4) limit", now=NOW)
+    scope_usage_record(scope=meta_account_scope("42"), usage_pct=82.0, pace_limit=110, now=NOW)
+
+    with time_machine.travel(NOW + timedelta(minutes=1), tick=False):
+        samples = scrape()
+
+    assert samples[("adsync_platform_scope_throttled_seconds", labels(scope=META_APP))] == 180
+    assert samples[("adsync_platform_scope_usage_percent", labels(scope="meta:account:42"))] == 82
+    assert samples[("adsync_platform_scope_pace_calls", labels(scope="meta:account:42"))] == 110

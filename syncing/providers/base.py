@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import logging
 import zoneinfo
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Protocol
 
@@ -68,6 +68,18 @@ class FetchResult:
     # Set when the platform's usage headers say to slow down before it throttles us: the rows
     # are good, and the next sync waits until then.
     slow_down_until: datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScopeUsage:
+    """What one platform answer said of a shared limit (syncing.scopes names it): how much of it
+    is used, in percent, and whether the platform now refuses calls in it."""
+
+    scope: str
+    percent: float
+    throttled: bool = False
+    # The platform's estimate of when calls are accepted again (None: it did not say).
+    regain: timedelta | None = None
 
 
 class ProviderError(Exception):
@@ -133,6 +145,17 @@ class Provider(Protocol):
 
     def budgets(self, *, external_account_id: str) -> list[Budget]:
         """The rate budgets every call for this account counts against (none for demo)."""
+        ...
+
+    @property
+    def usage_window(self) -> timedelta | None:
+        """The window the platform's usage reports are over, when it sends them after each answer
+        (Meta's headers): then calls are counted per scope, to pace a scope it says is busy."""
+        ...
+
+    def throttle_scopes(self, *, external_account_id: str) -> tuple[str, ...]:
+        """The shared limits this account's calls count against (syncing.scopes), besides those
+        learned from the platform's answers."""
         ...
 
     def fetch(

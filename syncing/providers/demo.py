@@ -61,6 +61,11 @@ class DemoProvider:
     def budgets(self, *, external_account_id: str) -> list:
         return []
 
+    usage_window = None
+
+    def throttle_scopes(self, *, external_account_id: str) -> tuple[str, ...]:
+        return ()
+
     def fetch(self, *, connection, since: date, until: date, now: datetime, meter) -> FetchResult:
         options = connection.provider_options or {}
         meter.spend()

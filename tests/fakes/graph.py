@@ -29,7 +29,7 @@ import hashlib
 import hmac
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -146,6 +146,9 @@ class FakeGraph:
         # How a request over max_days is refused: a shape too_much_data() knows.
         self.too_much_data_shape = "1/1487534"
         self.usage_headers: dict[str, str] = {}
+        # Called for each insights answer's usage headers instead, when set (headers that change
+        # from one answer to the next).
+        self.usage_headers_for: Callable[[], dict[str, str]] | None = None
         # Tokens the API accepts; None accepts any.
         self.valid_tokens: set[str] | None = None
         self.app_id = "1234"
@@ -288,7 +291,8 @@ class FakeGraph:
             row for row in self.insights.get(account, []) if window["since"] <= row["date_start"] <= window["until"]
         ]
         rows.sort(key=lambda r: (r["date_start"], r["campaign_id"]))
-        return self._page(rows, params, f"/{VERSION}/act_{account}/insights", dict(self.usage_headers))
+        headers = self.usage_headers_for() if self.usage_headers_for else dict(self.usage_headers)
+        return self._page(rows, params, f"/{VERSION}/act_{account}/insights", headers)
 
     def _page(self, rows: list[dict], params: dict[str, str], path: str, headers: dict[str, str]) -> Answer:
         size = self.page_size or int(params.get("limit") or 25)

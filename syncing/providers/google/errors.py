@@ -21,6 +21,7 @@ from syncing.providers.base import (
     ThrottledError,
     TransientProviderError,
 )
+from syncing.scopes import GOOGLE_DEVELOPER_TOKEN, google_customer_scope
 
 RECONNECT_MESSAGE = "Google access expired — reconnect the account"
 
@@ -74,8 +75,11 @@ THROTTLING_QUOTA_ERRORS = {
 MISCONFIGURED_CLIENT = {"invalid_client", "unauthorized_client"}
 
 
-def google_error(exc: Exception, *, now: datetime) -> ProviderError:
-    """The provider error for anything the SDK or google-auth raised. Never includes a token."""
+def google_error(exc: Exception, *, now: datetime, customer_id: str = "") -> ProviderError:
+    """The provider error for anything the SDK or google-auth raised. Never includes a token.
+
+    `now` is when the answer came: a throttle's retry delay counts from then. `customer_id`
+    names the customer a throttle may be about (its scope, syncing.scopes)."""
     from google.ads.googleads.errors import GoogleAdsException
     from google.api_core import exceptions as core
     from google.auth import exceptions as auth
@@ -83,11 +87,14 @@ def google_error(exc: Exception, *, now: datetime) -> ProviderError:
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, GoogleAdsException):
-        return _from_failure(exc.failure, exc.request_id, status=exc.error.code().name, now=now)
+        return _from_failure(
+            exc.failure, exc.request_id, status=exc.error.code().name, now=now, customer_id=customer_id
+        )
     if isinstance(exc, core.ResourceExhausted):
         failure, request_id = _failure_in_trailers(exc)
         delay = _retry_delay(failure) or _retry_info_delay(exc)
-        return _throttled(_messages(failure) or exc.message, request_id, delay, now)
+        scopes = _throttle_scopes(failure, customer_id)
+        return _throttled(_messages(failure) or exc.message, request_id, delay, now, scopes)
     if isinstance(exc, core.ServiceUnavailable | core.InternalServerError | core.DeadlineExceeded | core.Aborted):
         failure, request_id = _failure_in_trailers(exc)
         message = f"Google Ads is temporarily unavailable ({_messages(failure) or exc.message})"
@@ -146,7 +153,9 @@ def google_failure(exc: Exception) -> tuple[list[tuple[str, str]], str]:
     return [_error_code(error) for error in failure.errors], _with_request_id(_messages(failure), request_id)
 
 
-def _from_failure(failure: Any, request_id: str | None, *, status: str, now: datetime) -> ProviderError:
+def _from_failure(
+    failure: Any, request_id: str | None, *, status: str, now: datetime, customer_id: str = ""
+) -> ProviderError:
     codes = [_error_code(error) for error in failure.errors]
     for kind, name in codes:
         if kind in ("authentication_error", "authorization_error") and name not in NOT_FIXED_BY_RECONNECTING:
@@ -154,7 +163,8 @@ def _from_failure(failure: Any, request_id: str | None, *, status: str, now: dat
         if kind == "header_error" and name == "INVALID_LOGIN_CUSTOMER_ID":
             return AuthError(RECONNECT_MESSAGE)
     if any(kind == "quota_error" and name in THROTTLING_QUOTA_ERRORS for kind, name in codes):
-        return _throttled(_messages(failure), request_id, _retry_delay(failure), now)
+        scopes = _throttle_scopes(failure, customer_id)
+        return _throttled(_messages(failure), request_id, _retry_delay(failure), now, scopes)
     if status in ("UNAVAILABLE", "DEADLINE_EXCEEDED") or any(kind == "internal_error" for kind, _ in codes):
         message = f"Google Ads is temporarily unavailable ({_messages(failure) or status})"
         return TransientProviderError(_with_request_id(message, request_id))
@@ -178,9 +188,33 @@ def _with_request_id(message: str, request_id: str | None) -> str:
     return f"{message} (request id {request_id})" if request_id else message
 
 
-def _throttled(message: str, request_id: str | None, delay: timedelta | None, now: datetime) -> ThrottledError:
+def _throttled(
+    message: str, request_id: str | None, delay: timedelta | None, now: datetime, scopes: tuple[str, ...]
+) -> ThrottledError:
     text = _with_request_id(f"Google Ads quota reached: {message or 'resource exhausted'}", request_id)
-    return ThrottledError(text, until=now + delay if delay else None)
+    return ThrottledError(text, until=now + delay if delay else None, scopes=scopes)
+
+
+def _throttle_scopes(failure: Any, customer_id: str) -> tuple[str, ...]:
+    """Which shared limit a quota error is about: Google says it in QuotaErrorDetails.rate_scope
+    (DEVELOPER: the developer token, for every customer; ACCOUNT: this customer). Without it,
+    RESOURCE_EXHAUSTED (the token's daily operations) is the developer token's and the query
+    resource errors are the customer's."""
+    developer, customer = GOOGLE_DEVELOPER_TOKEN, google_customer_scope(customer_id) if customer_id else None
+    for error in failure.errors if failure is not None else ():
+        kind, name = _error_code(error)
+        if kind != "quota_error":
+            continue
+        rate_scope = getattr(error.details.quota_error_details.rate_scope, "name", "")
+        if rate_scope == "DEVELOPER":
+            return (developer,)
+        if rate_scope == "ACCOUNT" and customer:
+            return (customer,)
+        if name == "RESOURCE_EXHAUSTED" or customer is None:
+            return (developer,)
+        return (customer,)
+    # A bare RESOURCE_EXHAUSTED status, with no failure details: the installation's quota.
+    return (developer,)
 
 
 def _oauth_error(exc: Exception) -> tuple[str, str]:

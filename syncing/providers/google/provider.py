@@ -35,6 +35,7 @@ from syncing.providers.google.sdk import (
     google_ads_sdk,
     require_configured,
 )
+from syncing.scopes import GOOGLE_DEVELOPER_TOKEN, google_customer_scope
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,13 @@ class GoogleProvider:
 
     def budgets(self, *, external_account_id: str) -> list[Budget]:
         return [app_budget(), customer_budget(external_account_id)]
+
+    # Google sends no usage figures: its shared limits are met through the budgets and its
+    # RESOURCE_EXHAUSTED answers (syncing.providers.google.errors names the scope).
+    usage_window = None
+
+    def throttle_scopes(self, *, external_account_id: str) -> tuple[str, ...]:
+        return (GOOGLE_DEVELOPER_TOKEN, google_customer_scope(customer_id_normalize(external_account_id)))
 
     def fetch(self, *, connection, since: date, until: date, now: datetime, meter: CallMeter) -> FetchResult:
         require_configured()
@@ -130,7 +138,7 @@ class GoogleProvider:
 
     @staticmethod
     def _failed(customer_id: str, exc: Exception, now: datetime) -> ProviderError:
-        error = google_error(exc, now=now)
+        error = google_error(exc, now=now, customer_id=customer_id)
         logger.info("Google Ads customer %s: %s (%s)", customer_id, error.message, error.error_class)
         return error
 

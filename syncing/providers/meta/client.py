@@ -13,15 +13,16 @@ else a transient error.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import requests
 from django.conf import settings
+from django.utils import timezone
 from facebook_business.api import FacebookAdsApi
 from facebook_business.session import FacebookSession
 
 from syncing.providers.base import ThrottledError, TransientProviderError
+from syncing.providers.meta.usage import scope_usages
 
 DEFAULT_GRAPH_URL = "https://graph.facebook.com"
 # Connect and read timeouts for one Graph API call; a sync task has two minutes in all.
@@ -36,13 +37,12 @@ def account_number(external_account_id: str) -> str:
 class MeteredApi(FacebookAdsApi):
     """Takes one call from the budget before every HTTP request and keeps each response's headers."""
 
-    def __init__(self, session: FacebookSession, *, api_version: str, meter, now: datetime):
+    def __init__(self, session: FacebookSession, *, api_version: str, meter, account: str):
         super().__init__(session, api_version=api_version)
         self._meter = meter
-        self._now = now
+        self._account = account
         # Every answer passes _refuse_unreadable before the SDK reads it.
         session.requests.hooks["response"].append(self._refuse_unreadable)
-        self.response_headers: list[Mapping[str, str]] = []
         # The last answer the SDK took for a success: (HTTP status, whether its body is a JSON
         # object), or None before the first. Tells a garbled answer from a request the SDK
         # could not build when it raises FacebookBadObjectError.
@@ -54,7 +54,9 @@ class MeteredApi(FacebookAdsApi):
         self._session.timeout = (TIMEOUT[0], self._meter.call_timeout(TIMEOUT[1]))
         self.last_answer = None
         response = super().call(*args, **kwargs)
-        self.response_headers.append(response.headers())
+        # Usage is read after every answer, between a restatement's chunks and pages too: a busy
+        # scope is paced from the next call on, a throttled one gets no further call.
+        self._meter.observe(scope_usages(response.headers(), account=self._account), now=timezone.now())
         status = response.status() or 200
         # FacebookResponse.json() returns the raw text when the body is not JSON.
         self.last_answer = (status, isinstance(response.json(), dict))
@@ -77,7 +79,7 @@ class MeteredApi(FacebookAdsApi):
             return
         status = response.status_code
         if status == 429:
-            until = self._now + timedelta(minutes=settings.META_PAUSE_MINUTES)
+            until = timezone.now() + timedelta(minutes=settings.META_PAUSE_MINUTES)
             raise ThrottledError(f"Meta is rate limiting this ad account (HTTP {status}).", until=until)
         if status >= 500:
             raise TransientProviderError(f"Meta is temporarily unavailable (HTTP {status}).")

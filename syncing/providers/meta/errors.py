@@ -20,13 +20,28 @@ from syncing.providers.base import (
     ThrottledError,
     TransientProviderError,
 )
-from syncing.providers.meta.usage import usage, wait
+from syncing.providers.meta.usage import scope_usages, wait
+from syncing.scopes import META_APP, meta_account_scope, meta_business_scope
 
 RECONNECT_MESSAGE = "Meta access expired — reconnect the account"
 
 # Throttling (https://developers.facebook.com/docs/graph-api/overview/rate-limiting):
 # 4 app, 17 user, 32 page, 613 calls per ad account, 80000-80014 business use case limits.
 THROTTLE_CODES = frozenset({4, 17, 32, 613, *range(80000, 80015)})
+APP_THROTTLE_CODE = 4
+# The business use cases of codes 80000-80014, for a throttle whose headers do not name one.
+BUSINESS_USE_CASES = {
+    80000: "ads_insights",
+    80001: "pages",
+    80002: "instagram",
+    80003: "custom_audience",
+    80004: "ads_management",
+    80005: "leadgen",
+    80006: "messenger",
+    80008: "whatsapp_business_management",
+    80009: "catalog_management",
+    80014: "catalog_batch",
+}
 # The token is invalid or expired (190 with its subcodes 458-467), or the API session is gone.
 EXPIRED_CODES = frozenset({102, 190})
 # Permission denied (10, 200-299): the token works but may not read this account.
@@ -68,17 +83,37 @@ def bad_object_error(exc: FacebookBadObjectError, last_answer: tuple[int, bool] 
     return PermanentError(f"Meta sent a response AdSync cannot read: {scrub(str(exc), token)}")
 
 
-def request_error(exc: FacebookRequestError, now: datetime) -> ProviderError:
+def throttle_scopes(code: int, headers: dict, account: str) -> tuple[str, ...]:
+    """The shared limit a throttle error is about: the app (4), the business use cases its
+    headers say are throttled (80000-80014), else the ad account (17, 32, 613; a user's or a
+    page's limit is met through this account's calls too)."""
+    if code == APP_THROTTLE_CODE:
+        return (META_APP,)
+    if code in BUSINESS_USE_CASES or 80000 <= code <= 80014:
+        named = tuple(u.scope for u in scope_usages(headers, account=account) if u.throttled)
+        return named or (meta_business_scope(account, BUSINESS_USE_CASES.get(code, "any")),)
+    return (meta_account_scope(account),)
+
+
+def request_error(exc: FacebookRequestError, now: datetime, *, account: str = "", token: str = "") -> ProviderError:
+    """The provider error for a Graph API error answer; `now` is when the answer came (a
+    throttle's wait counts from then), `account` the ad account's number, `token` the access
+    token, never repeated in the message even if Meta's message quotes it."""
     code, subcode = exc.api_error_code(), exc.api_error_subcode()
     status = exc.http_status() or 0
     label = f"#{code}" if code is not None else f"HTTP {status}"
-    message = _CODE_PREFIX.sub("", redact(exc.api_error_message() or "")) or "no message"
+    text = exc.api_error_message() or ""
+    message = _CODE_PREFIX.sub("", scrub(text, token) if token else redact(text)) or "no message"
     if too_much_data(exc):
         # Even a single day was too much (fetch splits larger ranges first).
         return PermanentError(f"Meta cannot return even one day of insights for this ad account ({label}): {message}")
     if code in THROTTLE_CODES:
-        until = now + wait(usage(exc.http_headers() or {}).regain)
-        return ThrottledError(f"Meta is rate limiting this ad account ({label}): {message}", until=until)
+        headers = exc.http_headers() or {}
+        usages = scope_usages(headers, account=account)
+        until = now + wait(max((u.regain for u in usages if u.throttled and u.regain), default=None))
+        scopes = throttle_scopes(code, headers, account) if account else ()
+        what = "this app" if code == APP_THROTTLE_CODE else "this ad account"
+        return ThrottledError(f"Meta is rate limiting {what} ({label}): {message}", until=until, scopes=scopes)
     if code in EXPIRED_CODES or (status == 401 and code is None):
         return AuthError(RECONNECT_MESSAGE)
     if code in PERMISSION_CODES:

@@ -14,6 +14,7 @@ from datetime import date, datetime, timedelta
 
 import requests
 from django.conf import settings
+from django.utils import timezone
 from facebook_business.adobjects.adaccount import AdAccount
 from facebook_business.exceptions import FacebookBadObjectError, FacebookError, FacebookRequestError
 
@@ -38,7 +39,7 @@ from syncing.providers.meta.oauth import (
     meta_token_exchange,
 )
 from syncing.providers.meta.rows import metric_row
-from syncing.providers.meta.usage import slow_down_until
+from syncing.scopes import META_APP, meta_account_scope
 
 # Rows per page: Meta's default of 25 would turn an ordinary sync of a busy account into many
 # calls against a budget of 180 an hour.
@@ -91,14 +92,23 @@ class MetaProvider:
             )
         ]
 
+    @property
+    def usage_window(self) -> timedelta:
+        """Meta reports usage per scope (its headers): calls are counted per scope to pace them."""
+        return timedelta(seconds=settings.META_USAGE_WINDOW_SECONDS)
+
+    def throttle_scopes(self, *, external_account_id: str) -> tuple[str, ...]:
+        return (META_APP, meta_account_scope(account_number(external_account_id)))
+
     def fetch(self, *, connection, since: date, until: date, now: datetime, meter) -> FetchResult:
         token = (connection.credentials or {}).get("access_token")
         if not token:
             raise AuthError(RECONNECT_MESSAGE)
         preferred = action_types((connection.provider_options or {}).get("action_type"))
+        number = account_number(connection.external_account_id)
         session = graph_session(token)
-        api = MeteredApi(session, api_version=settings.META_API_VERSION, meter=meter, now=now)
-        account = AdAccount(f"act_{account_number(connection.external_account_id)}", api=api)
+        api = MeteredApi(session, api_version=settings.META_API_VERSION, meter=meter, account=number)
+        account = AdAccount(f"act_{number}", api=api)
         rows: list[MetricRow] = []
         error: ProviderError | None = None
         pending = _chunks(since, until, CHUNK_DAYS)  # newest first
@@ -113,7 +123,8 @@ class MetaProvider:
                 else:
                     rows.extend(part)
         except FacebookRequestError as exc:
-            error = request_error(exc, now)
+            # A throttle's wait counts from the answer, not from the sync's start.
+            error = request_error(exc, timezone.now(), account=number, token=token)
         except FacebookBadObjectError as exc:
             error = bad_object_error(exc, api.last_answer, token)
         except FacebookError as exc:
@@ -127,7 +138,9 @@ class MetaProvider:
             # Raised here, outside the except blocks, so the SDK's exception (which prints the
             # request) is not chained to it.
             raise error
-        return FetchResult(rows=rows, slow_down_until=slow_down_until(api.response_headers, now))
+        # A throttle announced by the last answer's headers (meter.pending_throttle) is the
+        # runner's to apply: these rows are complete.
+        return FetchResult(rows=rows)
 
     # --- connecting accounts (connections/connect.py; the calls are in oauth.py) ---------------
 

@@ -1,8 +1,15 @@
-"""Meta's usage headers: how close the app and the ad account are to being throttled, and when
-access is regained once they are.
+"""Meta's usage headers: how close each shared limit is to being throttled, and when access is
+regained once it is, read after every answer (syncing.budget.CallMeter.observe paces or stops).
 
-A sync whose answers say usage is above settings.META_USAGE_SLOWDOWN_PCT keeps its rows and
-defers the next sync (FetchResult.slow_down_until); a throttle waits as long as Meta estimates.
+- `X-App-Usage`: the app's usage over the rolling hour (call_count, total_time, total_cputime,
+  in percent): the scope of every connection of this installation (code 4 when it is full).
+- `X-Business-Use-Case-Usage`: per business object id, a list of use cases (`type`:
+  ads_insights, ads_management...) with the same percentages and, once throttled,
+  `estimated_time_to_regain_access` in minutes (codes 80000-80014).
+- `X-Ad-Account-Usage`: the ad account's `acc_id_util_pct` and `reset_time_duration` (seconds).
+- `X-FB-Ads-Insights-Throttle`: `app_id_util_pct` and `acc_id_util_pct` for insights calls.
+
+Throttling starts at 100 %.
 """
 
 from __future__ import annotations
@@ -10,65 +17,91 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django.conf import settings
 
+from syncing.providers.base import ScopeUsage
+from syncing.scopes import META_APP, meta_account_scope, meta_business_scope
+
 logger = logging.getLogger(__name__)
 
-USAGE_HEADERS = ("x-business-use-case-usage", "x-ad-account-usage", "x-fb-ads-insights-throttle")
-_PERCENT_KEYS = ("call_count", "total_cputime", "total_time", "acc_id_util_pct", "app_id_util_pct")
+_PERCENT_KEYS = ("call_count", "total_cputime", "total_time")
 
 
-class Usage:
-    def __init__(self, percent: float = 0.0, regain: timedelta = timedelta(0)):
-        self.percent = percent
-        self.regain = regain
-
-
-def usage(headers: Mapping[str, str]) -> Usage:
-    """The highest usage percentage in Meta's usage headers, and when access is regained."""
+def scope_usages(headers: Mapping[str, str], *, account: str) -> list[ScopeUsage]:
+    """Every scope's usage one answer reports; the highest per scope. `account` is the ad
+    account's number (the one the request was for)."""
     lowered = {str(k).lower(): v for k, v in headers.items()}
-    percent, regain = 0.0, timedelta(0)
-    for name in USAGE_HEADERS:
-        raw = lowered.get(name)
-        if not raw:
-            continue
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            logger.warning("Ignoring an unreadable %s header from Meta", name)
-            continue
-        for entry in _entries(parsed):
-            for key in _PERCENT_KEYS:
-                percent = max(percent, _number(entry.get(key)))
-            regain = max(regain, timedelta(minutes=_number(entry.get("estimated_time_to_regain_access"))))
-            regain = max(regain, timedelta(seconds=_number(entry.get("reset_time_duration"))))
-    return Usage(percent, regain)
+    found: dict[str, ScopeUsage] = {}
+
+    def add(scope: str, percent: float, *, throttled: bool = False, regain: timedelta | None = None) -> None:
+        throttled = throttled or percent >= 100
+        previous = found.get(scope)
+        if previous is not None:
+            percent = max(percent, previous.percent)
+            throttled = throttled or previous.throttled
+            regain = max((r for r in (regain, previous.regain) if r), default=None)
+        found[scope] = ScopeUsage(scope=scope, percent=percent, throttled=throttled, regain=regain)
+
+    app = _json(lowered, "x-app-usage")
+    if isinstance(app, dict):
+        add(META_APP, _highest(app, _PERCENT_KEYS))
+    business = _json(lowered, "x-business-use-case-usage")
+    if isinstance(business, dict):
+        for object_id, entries in business.items():
+            for entry in entries if isinstance(entries, list) else []:
+                if not isinstance(entry, dict):
+                    continue
+                regain = timedelta(minutes=_number(entry.get("estimated_time_to_regain_access")))
+                add(
+                    meta_business_scope(str(object_id).removeprefix("act_"), str(entry.get("type") or "")),
+                    _highest(entry, _PERCENT_KEYS),
+                    throttled=regain > timedelta(0),
+                    regain=regain or None,
+                )
+    account_usage = _json(lowered, "x-ad-account-usage")
+    if isinstance(account_usage, dict):
+        # reset_time_duration is how long until the score is back to 0, sent at any usage: a
+        # wait only once the account is throttled.
+        reset = timedelta(seconds=_number(account_usage.get("reset_time_duration")))
+        add(meta_account_scope(account), _number(account_usage.get("acc_id_util_pct")), regain=reset or None)
+    insights = _json(lowered, "x-fb-ads-insights-throttle")
+    if isinstance(insights, dict):
+        add(META_APP, _number(insights.get("app_id_util_pct")))
+        add(meta_account_scope(account), _number(insights.get("acc_id_util_pct")))
+    # regain matters only for a throttled scope (it is the wait).
+    return [u if u.throttled else ScopeUsage(u.scope, u.percent) for u in found.values()]
 
 
-def _entries(parsed: object) -> list[dict]:
-    """X-Business-Use-Case-Usage maps ids to lists of entries; the other two are one object."""
-    if isinstance(parsed, dict) and any(isinstance(v, list) for v in parsed.values()):
-        return [e for v in parsed.values() if isinstance(v, list) for e in v if isinstance(e, dict)]
-    return [parsed] if isinstance(parsed, dict) else []
+def throttle_regain(headers: Mapping[str, str], *, account: str) -> timedelta | None:
+    """The longest wait Meta estimates in a throttle error's headers (None: it did not say)."""
+    return max((u.regain for u in scope_usages(headers, account=account) if u.regain), default=None)
+
+
+def _json(lowered: Mapping[str, str], name: str) -> object:
+    raw = lowered.get(name)
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        logger.warning("Ignoring an unreadable %s header from Meta", name)
+        return None
+
+
+def _highest(entry: dict, keys: tuple[str, ...]) -> float:
+    return max((_number(entry.get(key)) for key in keys), default=0.0)
 
 
 def _number(value: object) -> float:
     try:
-        return max(0.0, float(value))  # type: ignore[arg-type]
+        number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return 0.0
+    return number if 0.0 <= number < float("inf") else 0.0
 
 
-def slow_down_until(responses: list[Mapping[str, str]], now: datetime) -> datetime | None:
-    usages = [usage(headers) for headers in responses]
-    percent = max((u.percent for u in usages), default=0.0)
-    if percent < settings.META_USAGE_SLOWDOWN_PCT:
-        return None
-    return now + wait(max(u.regain for u in usages))
-
-
-def wait(regain: timedelta) -> timedelta:
+def wait(regain: timedelta | None) -> timedelta:
     """Meta's own estimate when it gives one (it does once throttling is near), else our pause."""
-    return regain if regain > timedelta(0) else timedelta(minutes=settings.META_PAUSE_MINUTES)
+    return regain if regain else timedelta(minutes=settings.META_PAUSE_MINUTES)
