@@ -19,6 +19,8 @@ from connections.services import (
     api_token_revoke,
     connection_create,
     connection_credentials_replace,
+    connection_pause,
+    connection_resume,
     connection_update,
     connections_set_frequency_all,
     workspace_add_member,
@@ -96,7 +98,7 @@ class ConnectionAdmin(admin.ModelAdmin):
     list_filter = ["sync_status", "sync_frequency", "provider"]
     search_fields = ["name", "external_account_id", "public_id", "workspace__name"]
     list_select_related = ["workspace"]
-    actions = ["sync_now", "pause", "reset_stuck"]
+    actions = ["sync_now", "pause", "resume", "set_manual", "reset_stuck"]
     # Sync state is changed through the state machine (the actions), never by editing fields.
     readonly_fields = [
         "public_id",
@@ -106,6 +108,8 @@ class ConnectionAdmin(admin.ModelAdmin):
         "queued_trigger",
         "next_sync_at",
         "rate_limited_until",
+        "paused_at",
+        "pause_reason",
         "last_sync_attempted_at",
         "last_sync_completed_at",
         "last_metrics_changed_at",
@@ -194,10 +198,22 @@ class ConnectionAdmin(admin.ModelAdmin):
         if throttled:
             self.message_user(request, f"Not queued: {'; '.join(throttled)}.", messages.WARNING)
 
-    @admin.action(description="Set to manual (pause)")
+    @admin.action(description="Pause automated syncs (keeps the frequency)")
     def pause(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
+        now = timezone.now()
+        count = sum(connection_pause(connection=connection, now=now) for connection in queryset)
+        self.message_user(request, f"Paused {count} connection(s): Sync Now still works; resume to sync on schedule.")
+
+    @admin.action(description="Resume automated syncs")
+    def resume(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
+        now = timezone.now()
+        count = sum(connection_resume(connection=connection, now=now) for connection in queryset)
+        self.message_user(request, f"Resumed {count} connection(s) at their frequency.")
+
+    @admin.action(description="Set to manual")
+    def set_manual(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
         count = connections_set_frequency_all(connections=queryset, frequency=SyncFrequency.MANUAL)
-        self.message_user(request, f"Paused {count} connection(s): they now sync only on Sync Now.")
+        self.message_user(request, f"Set {count} connection(s) to manual: they now sync only on Sync Now.")
 
     @admin.action(description="Reset stuck status")
     def reset_stuck(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:

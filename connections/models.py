@@ -89,6 +89,14 @@ class ErrorKind(models.TextChoices):
 AUTH_ERROR_KIND = ErrorKind.AUTH
 
 
+class PauseReason(models.TextChoices):
+    """Why a connection's automated syncs are paused (its frequency is kept for the resume)."""
+
+    USER = "user", "Paused"
+    WORKSPACE = "workspace", "All automated syncs stopped"
+    FAILURES = "failures", "Paused after repeated failures"
+
+
 class SyncTrigger(models.TextChoices):
     MANUAL = "manual", "Manual"
     SCHEDULED = "scheduled", "Scheduled"
@@ -135,6 +143,10 @@ class Connection(models.Model):
     # When the next scheduled sync is due; null for manual connections.
     next_sync_at = models.DateTimeField(null=True, blank=True)
     rate_limited_until = models.DateTimeField(null=True, blank=True)
+    # Automated syncs paused (next_sync_at is null meanwhile); the frequency is kept, so resuming
+    # brings the schedule back as it was. Sync Now still works while paused.
+    paused_at = models.DateTimeField(null=True, blank=True)
+    pause_reason = models.CharField(max_length=16, choices=PauseReason.choices, blank=True, default="")
     # Shared platform limits this connection was found to count against besides those its
     # provider and account id imply (a Meta business's use case, from the usage headers).
     throttle_scopes = models.JSONField(default=list, blank=True)
@@ -174,6 +186,12 @@ class Connection(models.Model):
             models.CheckConstraint(
                 condition=~Q(sync_frequency=SyncFrequency.MANUAL) | Q(next_sync_at__isnull=True),
                 name="connections_connection_manual_not_scheduled",
+            ),
+            # A paused connection is never picked up by the dispatcher, and says why it is paused.
+            models.CheckConstraint(
+                condition=Q(paused_at__isnull=True, pause_reason="")
+                | Q(paused_at__isnull=False, pause_reason__in=PauseReason.values, next_sync_at__isnull=True),
+                name="connections_connection_paused_not_scheduled",
             ),
             models.CheckConstraint(
                 condition=Q(total_syncs_with_changes__lte=F("total_syncs_attempted")),

@@ -12,7 +12,15 @@ from datetime import UTC, datetime, timedelta
 
 from django.db import models
 
-from connections.models import AUTH_ERROR_KIND, BUSY_STATUSES, SYNC_INTERVALS, Connection, SyncFrequency, SyncStatus
+from connections.models import (
+    AUTH_ERROR_KIND,
+    BUSY_STATUSES,
+    SYNC_INTERVALS,
+    Connection,
+    PauseReason,
+    SyncFrequency,
+    SyncStatus,
+)
 from syncing.providers import OAUTH_PROVIDERS
 
 # By the stored value (a str, as a model's field gives it), like SYNC_INTERVALS.
@@ -31,6 +39,7 @@ class Freshness(models.TextChoices):
     STALE = "stale", "Stale"
     NEVER = "never", "Never synced"
     UNSCHEDULED = "unscheduled", "Manual"
+    PAUSED = "paused", "Paused"
 
 
 # Slack for the time a sync itself takes, so a realtime connection that completes every 30 s
@@ -43,6 +52,8 @@ def connection_freshness(connection: Connection, now: datetime) -> str:
     interval = SYNC_INTERVALS[connection.sync_frequency]
     if connection.last_sync_completed_at is None:
         return Freshness.NEVER
+    if connection.paused_at is not None:
+        return Freshness.PAUSED  # no schedule to be late against while paused
     if interval is None:
         return Freshness.UNSCHEDULED
     grace = max(FRESHNESS_GRACE_MIN, interval / 10)
@@ -103,6 +114,8 @@ def rate_limited_message(until: datetime, now: datetime) -> str:
 
 
 def next_sync_text(connection: Connection, now: datetime) -> str:
+    if connection.paused_at is not None:
+        return PauseReason(connection.pause_reason).label.lower()
     if connection.sync_frequency == SyncFrequency.MANUAL:
         return "manual"
     if connection.next_sync_at is None:
@@ -163,6 +176,9 @@ class ConnectionStatusView:
     rate_limited_text: str | None
     freshness: str
     freshness_label: str
+    # Automated syncs paused (the frequency is kept for the resume): "Paused", "All automated
+    # syncs stopped", "Paused after repeated failures"; None while not paused.
+    paused_label: str | None = None
 
 
 def _moment(moment: datetime | None, now: datetime) -> Moment:
@@ -196,4 +212,5 @@ def connection_status_view(connection: Connection, now: datetime) -> ConnectionS
         rate_limited_text=rate_limited_text,
         freshness=freshness,
         freshness_label=Freshness(freshness).label,
+        paused_label=PauseReason(connection.pause_reason).label if connection.paused_at is not None else None,
     )

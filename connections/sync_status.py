@@ -38,6 +38,10 @@ def connection_sync_status_data(*, connection: Connection, now: datetime) -> dic
         "rate_limited_until": _utc(connection.rate_limited_until),
         "freshness": str(connection_freshness(connection, now)),
         "stats": stats_line(connection.total_syncs_attempted, connection.total_syncs_with_changes),
+        # Automated syncs paused, the frequency kept for the resume (POST .../pause, .../resume).
+        "paused": connection.paused_at is not None,
+        "paused_at": _utc(connection.paused_at),
+        "pause_reason": str(connection.pause_reason) or None,
     }
 
 

@@ -180,7 +180,8 @@ def _bound(bound: float) -> str:
 def connections_by_freshness(*, now: datetime) -> dict[str, int]:
     """connections.status.connection_freshness counted in one aggregate query, not row by row."""
     aggregates = {Freshness.NEVER: Count("pk", filter=Q(last_sync_completed_at__isnull=True))}
-    completed = Q(last_sync_completed_at__isnull=False)
+    aggregates[Freshness.PAUSED] = Count("pk", filter=Q(last_sync_completed_at__isnull=False, paused_at__isnull=False))
+    completed = Q(last_sync_completed_at__isnull=False, paused_at__isnull=True)
     unscheduled = [f for f, interval in SYNC_INTERVALS.items() if interval is None]
     aggregates[Freshness.UNSCHEDULED] = Count("pk", filter=completed & Q(sync_frequency__in=unscheduled))
     on_time, delayed, stale = Q(pk__in=[]), Q(pk__in=[]), Q(pk__in=[])

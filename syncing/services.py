@@ -277,7 +277,7 @@ def connections_defer(*, deferred: Mapping[datetime, list[int]]) -> None:
     """Due connections whose provider budget has no call left wait until it has (the time is
     the key): not queued, shown as rate limited meanwhile. Only rows still runnable."""
     for until, ids in deferred.items():
-        Connection.objects.filter(pk__in=ids, sync_status__in=RUNNABLE_STATUSES).update(
+        Connection.objects.filter(pk__in=ids, sync_status__in=RUNNABLE_STATUSES, paused_at__isnull=True).update(
             next_sync_at=until, rate_limited_until=until
         )
     logger.info("Deferred %d due sync(s) to stay within provider rate budgets", sum(map(len, deferred.values())))
@@ -313,7 +313,7 @@ def connection_reschedule(*, connection: Connection, frequency: str, now: dateti
     It never schedules earlier than a platform throttle allows, and a connection waiting for a
     reconnect stays unscheduled. A queued or running job is left alone.
     """
-    fields = ("last_sync_attempted_at", "rate_limited_until", "sync_status", "last_sync_error_kind")
+    fields = ("last_sync_attempted_at", "rate_limited_until", "sync_status", "last_sync_error_kind", "paused_at")
     for _ in range(5):
         current = Connection.objects.filter(pk=connection.pk).values(*fields).get()
         next_at = schedule.next_sync_after_change(
@@ -326,6 +326,8 @@ def connection_reschedule(*, connection: Connection, frequency: str, now: dateti
             next_at = max(next_at, current["rate_limited_until"])
         if current["sync_status"] == SyncStatus.ERROR and current["last_sync_error_kind"] == AUTH_ERROR_KIND:
             next_at = None
+        if current["paused_at"] is not None:
+            next_at = None  # the new frequency applies once resumed
         if Connection.objects.filter(pk=connection.pk, **current).update(
             sync_frequency=frequency, next_sync_at=next_at
         ):
@@ -341,6 +343,42 @@ def connections_unschedule(*, connections: models.QuerySet[Connection]) -> int:
     return connections.update(sync_frequency=SyncFrequency.MANUAL, next_sync_at=None)
 
 
+def connections_pause(*, connections: models.QuerySet[Connection], reason: str, now: datetime) -> int:
+    """Pause automated syncs, keeping each frequency for the resume: one UPDATE for all the rows
+    not paused yet. A queued or running job finishes; Sync Now still works while paused."""
+    return connections.filter(paused_at__isnull=True).update(paused_at=now, pause_reason=reason, next_sync_at=None)
+
+
+def connection_resume(*, connection: Connection, now: datetime) -> bool:
+    """paused -> scheduled again by its kept frequency, from its last attempt (as a frequency
+    change would: due now if the interval has passed). False if it was not paused.
+
+    Conditional on the values the schedule is computed from, like connection_reschedule. It
+    never schedules earlier than a platform throttle allows, and a connection waiting for a
+    reconnect stays unscheduled (the reconnect schedules it).
+    """
+    fields = ("sync_frequency", "last_sync_attempted_at", "rate_limited_until", "sync_status", "last_sync_error_kind")
+    for _ in range(5):
+        current = Connection.objects.filter(pk=connection.pk, paused_at__isnull=False).values(*fields).first()
+        if current is None:
+            return False
+        next_at = schedule.next_sync_after_change(
+            frequency=current["sync_frequency"],
+            last_attempted_at=current["last_sync_attempted_at"],
+            public_id=connection.public_id,
+            now=now,
+        )
+        if next_at is not None and current["rate_limited_until"] is not None:
+            next_at = max(next_at, current["rate_limited_until"])
+        if current["sync_status"] == SyncStatus.ERROR and current["last_sync_error_kind"] == AUTH_ERROR_KIND:
+            next_at = None
+        if Connection.objects.filter(pk=connection.pk, paused_at__isnull=False, **current).update(
+            paused_at=None, pause_reason="", next_sync_at=next_at
+        ):
+            return True
+    raise RuntimeError(f"connection {connection.pk} kept changing while it was being resumed")
+
+
 def connection_resume_after_reconnect(*, connection: Connection, now: datetime) -> bool:
     """error (access expired) -> idle, the error cleared, scheduled again from its last attempt.
 
@@ -353,7 +391,7 @@ def connection_resume_after_reconnect(*, connection: Connection, now: datetime) 
         current = (
             Connection.objects.select_for_update()
             .filter(pk=connection.pk)
-            .values("sync_frequency", "last_sync_attempted_at")
+            .values("sync_frequency", "last_sync_attempted_at", "paused_at")
             .get()
         )
         next_at = schedule.next_sync_after_change(
@@ -362,6 +400,8 @@ def connection_resume_after_reconnect(*, connection: Connection, now: datetime) 
             public_id=connection.public_id,
             now=now,
         )
+        if current["paused_at"] is not None:
+            next_at = None  # reconnected, still paused
         resumed = Connection.objects.filter(
             pk=connection.pk, sync_status=SyncStatus.ERROR, last_sync_error_kind=AUTH_ERROR_KIND
         ).update(
@@ -398,6 +438,8 @@ def sync_start(*, connection_id: int, job_id: uuid.UUID, now: datetime) -> Start
             started_at=now,
             public_id=conn.public_id,
         )
+        if conn.paused_at is not None:
+            next_at = None  # a Sync Now while paused: automated syncs stay paused
         with transaction.atomic():
             # Also conditional on the schedule we computed from: a frequency change in between
             # wins, and we compute again from the new values.
@@ -408,6 +450,7 @@ def sync_start(*, connection_id: int, job_id: uuid.UUID, now: datetime) -> Start
                     job_id=job_id,
                     sync_frequency=conn.sync_frequency,
                     next_sync_at=conn.next_sync_at,
+                    paused_at=conn.paused_at,
                 ).update(
                     sync_status=SyncStatus.SYNCING,
                     last_sync_attempted_at=now,
@@ -559,9 +602,9 @@ def sync_fail(*, started: StartedSync, error: ProviderError, now: datetime, api_
 
 
 def _deferred_next_sync(until: datetime) -> Case:
-    # Manual connections stay unscheduled; scheduled ones wait until access is regained.
+    # Manual and paused connections stay unscheduled; scheduled ones wait until access is regained.
     return Case(
-        When(sync_frequency=SyncFrequency.MANUAL, then=Value(None)),
+        When(Q(sync_frequency=SyncFrequency.MANUAL) | Q(paused_at__isnull=False), then=Value(None)),
         When(Q(next_sync_at__isnull=True) | Q(next_sync_at__lt=until), then=Value(until)),
         default=F("next_sync_at"),
     )
@@ -598,10 +641,13 @@ def sync_requeue_for_retry(*, started: StartedSync, error: ProviderError, now: d
     own (total_syncs_attempted counts calls to the platform, not jobs).
     """
     with transaction.atomic():
-        # A connection set to manual while this attempt ran stays unscheduled.
+        # A connection set to manual or paused while this attempt ran stays unscheduled.
         slot: Case | None = None
         if started.slot is not None:
-            slot = Case(When(sync_frequency=SyncFrequency.MANUAL, then=Value(None)), default=Value(started.slot))
+            slot = Case(
+                When(Q(sync_frequency=SyncFrequency.MANUAL) | Q(paused_at__isnull=False), then=Value(None)),
+                default=Value(started.slot),
+            )
         if _mine(started).update(sync_status=SyncStatus.QUEUED, queued_at=now, next_sync_at=slot) != 1:
             return False
         scopes_probe_release(connection_id=started.connection.pk, now=now)

@@ -166,7 +166,9 @@ def test_admin_changelist_offers_the_filters_and_actions(admin_client, admin_row
     assert actions[1:] == [
         ("delete_selected", "Delete selected connections"),
         ("sync_now", "Sync now"),
-        ("pause", "Set to manual (pause)"),
+        ("pause", "Pause automated syncs (keeps the frequency)"),
+        ("resume", "Resume automated syncs"),
+        ("set_manual", "Set to manual"),
         ("reset_stuck", "Reset stuck status"),
     ]
 
@@ -186,13 +188,38 @@ def test_admin_action_sync_now_enqueues(admin_client, admin_rows, broker):
 
 @pytest.mark.django_db
 @pytest.mark.embedded
-def test_admin_action_pause_sets_manual(admin_client, admin_rows):
+def test_admin_actions_pause_and_resume_keep_the_frequency(admin_client, admin_rows):
     alpha, beta, _ = admin_rows
+    before = dict(Connection.objects.values_list("name", "next_sync_at"))
 
     response = post_action(admin_client, "pause", alpha, beta)
 
     messages = [li.text() for li in parse(response.content).one("ul", class_="messagelist").find_all("li")]
-    assert messages == ["Paused 2 connection(s): they now sync only on Sync Now."]
+    assert messages == ["Paused 2 connection(s): Sync Now still works; resume to sync on schedule."]
+    values = set(Connection.objects.values_list("name", "sync_frequency", "next_sync_at", "pause_reason"))
+    assert values == {("Alpha", "hourly", None, "user"), ("Beta", "daily", None, "user"), ("Gamma", "manual", None, "")}
+
+    with time_machine.travel(NOW, tick=False):
+        response = post_action(admin_client, "resume", alpha, beta)
+
+    messages = [li.text() for li in parse(response.content).one("ul", class_="messagelist").find_all("li")]
+    assert messages == ["Resumed 2 connection(s) at their frequency."]
+    after = dict(Connection.objects.values_list("name", "next_sync_at"))
+    # Alpha never synced: due at once; Beta's schedule is back as it was (from its last attempt).
+    assert after["Alpha"] == NOW
+    assert after["Beta"] == before["Beta"]
+    assert not Connection.objects.filter(paused_at__isnull=False).exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_admin_action_set_manual(admin_client, admin_rows):
+    alpha, beta, _ = admin_rows
+
+    response = post_action(admin_client, "set_manual", alpha, beta)
+
+    messages = [li.text() for li in parse(response.content).one("ul", class_="messagelist").find_all("li")]
+    assert messages == ["Set 2 connection(s) to manual: they now sync only on Sync Now."]
     values = set(Connection.objects.values_list("name", "sync_frequency", "next_sync_at"))
     assert values == {("Alpha", "manual", None), ("Beta", "manual", None), ("Gamma", "manual", None)}
 
