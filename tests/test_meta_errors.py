@@ -82,16 +82,20 @@ def test_other_errors_show_metas_message(graph, meta):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
-    ("fields", "problem"),
+    ("fields", "message"),
     [
-        ({"campaign_id": ""}, "no campaign_id"),
-        ({"date_start": "2026-11-27x"}, "date_start '2026-11-27x' is not a date"),
-        ({"spend": "12,50"}, "a number AdSync cannot read: '12,50'"),
-        ({"actions": [{"action_type": "omni_purchase", "value": "lots"}]}, "a number AdSync cannot read: 'lots'"),
+        ({"campaign_id": ""}, "campaign_id missing on 2026-11-27"),
+        ({"date_start": "2026-11-27x"}, 'date_start "2026-11-27x" for campaign c2 (not a date)'),
+        ({"spend": "12,50"}, 'spend "12,50" for campaign c2 on 2026-11-27 (not a number)'),
+        (
+            {"actions": [{"action_type": "omni_purchase", "value": "lots"}]},
+            'actions.omni_purchase "lots" for campaign c2 on 2026-11-27 (not a number)',
+        ),
     ],
     ids=["no-campaign-id", "bad-date", "bad-spend", "bad-conversions"],
 )
-def test_an_unexpected_insights_row_is_a_permanent_error(graph, meta, fields, problem):
+def test_an_unexpected_insights_row_is_a_permanent_error(graph, meta, fields, message):
+    # (Every shape, and that nothing is half-written, in tests/test_malformed_data.py.)
     graph.insights[ACCOUNT] = [insight("c1", "2026-11-28"), insight("c2", "2026-11-27", **fields)]
     connection = restated(meta())
 
@@ -99,7 +103,7 @@ def test_an_unexpected_insights_row_is_a_permanent_error(graph, meta, fields, pr
 
     assert (connection.last_sync_error_kind, connection.last_sync_error) == (
         "permanent",
-        f"Meta sent an unexpected insights row ({problem})",
+        f"Meta sent a value AdSync cannot read: {message}",
     )
     assert DailyMetric.objects.filter(connection=connection).count() == 0
 

@@ -19,12 +19,15 @@ query must also carry `developer-token: <developer_token>` (when that is set), a
 `login-customer-id`, when it has one, must name the customer or a manager whose clients include
 it, as Google checks them. Tests queue
 failures with fail_next() (quota with a retry delay, an auth failure trailer, UNAVAILABLE,
-a failure after some batches) that are served before the real answers, or refuse one customer's
-searches every time with refuse_customer(); and read every call, with its metadata, from `calls`.
+a failure after some batches, any of them answered after a `delay`) that are served before the
+real answers, or refuse one customer's searches every time with refuse_customer(); and read
+every call, with its metadata, from `calls`. A CampaignDay may carry values Google's types allow
+but AdSync refuses (negative micros, NaN conversions, a `date_sent` that is not a date).
 
 FakeOAuth serves the authorization endpoint (it consents at once and redirects back with a
 code, checking the parameters), and the token endpoint for the code exchange and refreshes,
-counting refreshes. A revoked or unknown refresh token gets invalid_grant.
+counting refreshes (answered after `refresh_delay` seconds, when set). A revoked or unknown
+refresh token gets invalid_grant.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import itertools
 import json
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent import futures
@@ -79,6 +83,9 @@ class CampaignDay:
     clicks: int = 0
     conversions: float = 0.0
     conversions_value: float = 0.0
+    # segments.date as sent, when it is not `day` (a malformed one): the row is still filed
+    # under `day` for the query's BETWEEN.
+    date_sent: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +126,12 @@ class Failure:
     trailers: tuple = ()
     # Fail mid-stream, after sending this many batches.
     after_batches: int = 0
+    # Seconds Google takes before it answers so (a slow query throttled at its end).
+    delay: float = 0.0
 
     def abort(self, context: grpc.ServicerContext) -> None:
+        if self.delay:
+            time.sleep(self.delay)
         context.abort_with_status(_Status(self.code, self.message, self.trailers))
 
 
@@ -362,7 +373,7 @@ class FakeGoogleAds:
             google_ads_service.GoogleAdsRow(
                 customer=CustomerResource(currency_code=account.currency, time_zone=account.time_zone),
                 campaign=CampaignResource(id=row.campaign_id, name=row.name),
-                segments=Segments(date=row.day.isoformat()),
+                segments=Segments(date=row.day.isoformat() if row.date_sent is None else row.date_sent),
                 metrics=Metrics(
                     cost_micros=row.cost_micros,
                     impressions=row.impressions,
@@ -439,6 +450,8 @@ class FakeOAuth:
             self.token_answers: deque[tuple[int, str]] = deque()
             # What the next consent grants.
             self.next_refresh_token = "1//fake-refresh-token"
+            # Seconds the token endpoint takes to answer a refresh.
+            self.refresh_delay = 0.0
 
     def grant(self, refresh_token: str) -> str:
         """A refresh token the user granted (as a past consent would have)."""
@@ -510,6 +523,8 @@ class FakeOAuth:
             return
         grant_type = form.get("grant_type")
         if grant_type == "refresh_token":
+            if self.refresh_delay:
+                time.sleep(self.refresh_delay)
             refresh_token = form.get("refresh_token", "")
             with self.lock:
                 self.refreshes.append(refresh_token)

@@ -134,6 +134,21 @@ def insight(campaign: str, day: str, *, name: str | None = None, **fields) -> di
     return row
 
 
+# The key under which a stored row lists the fields the fake leaves out of its answer.
+_LEFT_OUT = "_fake_left_out"
+
+
+def without(row: dict, *fields: str) -> dict:
+    """The row as Meta would send it without these fields; the fake still files it under its
+    date_start (so a row can arrive with no date_start)."""
+    return {**row, _LEFT_OUT: fields}
+
+
+def _as_sent(row: dict) -> dict:
+    left_out = (_LEFT_OUT, *row.get(_LEFT_OUT, ()))
+    return {key: value for key, value in row.items() if key not in left_out}
+
+
 class FakeGraph:
     def __init__(self):
         self.requests: list[Recorded] = []
@@ -291,6 +306,7 @@ class FakeGraph:
             row for row in self.insights.get(account, []) if window["since"] <= row["date_start"] <= window["until"]
         ]
         rows.sort(key=lambda r: (r["date_start"], r["campaign_id"]))
+        rows = [_as_sent(row) for row in rows]
         headers = self.usage_headers_for() if self.usage_headers_for else dict(self.usage_headers)
         return self._page(rows, params, f"/{VERSION}/act_{account}/insights", headers)
 

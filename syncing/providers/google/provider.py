@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import logging
 from datetime import date, datetime
-from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.utils import timezone
 
 from syncing.budget import Budget, CallMeter
-from syncing.providers.base import AccountListing, FetchResult, MetricRow, OAuthGrant, ProviderError, decimal_exact
-from syncing.providers.google.errors import access_token_rejected, google_error
+from syncing.providers import values
+from syncing.providers.base import (
+    AccountListing,
+    AuthError,
+    FetchResult,
+    MetricRow,
+    OAuthGrant,
+    PermanentError,
+    ProviderError,
+)
+from syncing.providers.google.errors import RECONNECT_MESSAGE, access_token_rejected, google_error
 from syncing.providers.google.oauth import (
     GOOGLE_CONNECT,
     google_accounts,
@@ -29,17 +38,17 @@ from syncing.providers.google.sdk import (
     GoogleAdsSdk,
     access_tokens,
     app_budget,
-    bearer_for,
     call_metadata,
     customer_id_normalize,
     google_ads_sdk,
     require_configured,
 )
+from syncing.providers.values import UnreadableValue
 from syncing.scopes import GOOGLE_DEVELOPER_TOKEN, google_customer_scope
 
 logger = logging.getLogger(__name__)
 
-MICROS = Decimal(1_000_000)
+PLATFORM = "Google Ads"
 
 CAMPAIGN_QUERY = """
 SELECT customer.currency_code, campaign.id, campaign.name, segments.date,
@@ -79,6 +88,7 @@ class GoogleProvider:
         return (GOOGLE_DEVELOPER_TOKEN, google_customer_scope(customer_id_normalize(external_account_id)))
 
     def fetch(self, *, connection, since: date, until: date, now: datetime, meter: CallMeter) -> FetchResult:
+        # `now` (the sync's start) is not used: a retry delay counts from Google's answer (_failed).
         require_configured()
         credentials = connection.credentials or {}
         refresh_token = credentials.get("refresh_token")
@@ -88,7 +98,11 @@ class GoogleProvider:
         query = CAMPAIGN_QUERY.format(since=since.isoformat(), until=until.isoformat())
 
         def search() -> list[MetricRow]:
-            metadata = call_metadata(bearer=bearer_for(refresh_token, now=now), login_customer_id=login_customer_id)
+            if not refresh_token:
+                raise AuthError(RECONNECT_MESSAGE)
+            # What the token endpoint raises is turned into a provider error below with the rest,
+            # at the moment it answered.
+            metadata = call_metadata(bearer=access_tokens.bearer(refresh_token), login_customer_id=login_customer_id)
             meter.spend()
             timeout = meter.call_timeout(settings.GOOGLE_ADS_TIMEOUT)
             return self._search(sdk, customer_id, query, metadata, connection.currency, timeout)
@@ -97,17 +111,17 @@ class GoogleProvider:
             return FetchResult(rows=search())
         except Exception as exc:
             if not access_token_rejected(exc):
-                raise self._failed(customer_id, exc, now) from None
+                raise self._failed(customer_id, exc) from None
         # Google refused the cached access token (expired or revoked early): drop it and
         # refresh once. Refused again, or no new token, and the user must reconnect.
         logger.info("Google Ads customer %s: access token refused; refreshing it once", customer_id)
-        # Google saw a token, so bearer_for() had a refresh token (it raises AuthError without one).
+        # Google saw a token, so search() had a refresh token (it raises AuthError without one).
         assert refresh_token
         access_tokens.forget(refresh_token)
         try:
             return FetchResult(rows=search())
         except Exception as exc:
-            raise self._failed(customer_id, exc, now) from None
+            raise self._failed(customer_id, exc) from None
 
     # --- connecting accounts (connections/connect.py; the calls are in oauth.py) ---------------
 
@@ -134,27 +148,53 @@ class GoogleProvider:
         cls, sdk: GoogleAdsSdk, customer_id: str, query: str, metadata: list, currency: str, timeout: float
     ) -> list[MetricRow]:
         stream = sdk.google_ads.search_stream(customer_id=customer_id, query=query, metadata=metadata, timeout=timeout)
-        return [cls._row(result, currency) for batch in stream for result in batch.results]
+        try:
+            return [cls._row(result, currency) for batch in stream for result in batch.results]
+        except PermanentError:
+            # A row AdSync cannot read ends the fetch: Google need not send the rest.
+            stream.cancel()
+            raise
 
     @staticmethod
-    def _failed(customer_id: str, exc: Exception, now: datetime) -> ProviderError:
-        error = google_error(exc, now=now, customer_id=customer_id)
+    def _failed(customer_id: str, exc: Exception) -> ProviderError:
+        # Read now, as the answer has just come: Google's retry delay counts from it, not from
+        # the sync's start (a throttle after a slow query would otherwise end early).
+        error = google_error(exc, now=timezone.now(), customer_id=customer_id)
         logger.info("Google Ads customer %s: %s (%s)", customer_id, error.message, error.error_class)
         return error
 
     @staticmethod
     def _row(result: Any, fallback_currency: str) -> MetricRow:
-        metrics = result.metrics
-        return MetricRow(
-            level="campaign",
-            entity_id=str(result.campaign.id),
-            date=date.fromisoformat(result.segments.date),
-            entity_name=result.campaign.name,
-            # int64 micros / 10^6 is exact: 19 digits fit Decimal's 28.
-            spend=Decimal(metrics.cost_micros) / MICROS,
-            impressions=int(metrics.impressions),
-            clicks=int(metrics.clicks),
-            conversions=decimal_exact(metrics.conversions),
-            conversion_value=decimal_exact(metrics.conversions_value),
-            currency=result.customer.currency_code or fallback_currency,
-        )
+        """One GoogleAdsRow as a MetricRow; a PermanentError naming the value AdSync cannot read.
+
+        The protobuf types what Google sends (int64 micros and counts, double conversions), so
+        what is left to check is what they allow and the table does not: negative money and
+        counts, conversions that are NaN or too large, a day that is not a date, no campaign id
+        (0, protobuf's default), a currency that is not a code."""
+        campaign_id = str(result.campaign.id) if result.campaign.id > 0 else None
+        day: date | None = None
+        try:
+            day = values.day(result.segments.date or None, field="segments.date")
+            if campaign_id is None:
+                raise UnreadableValue(field="campaign.id", value=result.campaign.id, missing=True)
+            metrics = result.metrics
+            return MetricRow(
+                level="campaign",
+                entity_id=campaign_id,
+                date=day,
+                entity_name=result.campaign.name,
+                spend=values.micros(metrics.cost_micros, field="metrics.cost_micros"),
+                impressions=values.count(metrics.impressions, field="metrics.impressions"),
+                clicks=values.count(metrics.clicks, field="metrics.clicks"),
+                conversions=values.money(metrics.conversions, field="metrics.conversions", signed=True),
+                conversion_value=values.money(
+                    metrics.conversions_value, field="metrics.conversions_value", signed=True
+                ),
+                currency=values.currency(
+                    result.customer.currency_code or fallback_currency, field="customer.currency_code"
+                ),
+            )
+        except UnreadableValue as exc:
+            problem = exc
+        # Raised outside the except block: nothing to chain.
+        raise values.unreadable_value_error(platform=PLATFORM, problem=problem, campaign_id=campaign_id, day=day)

@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from datetime import datetime, timedelta
+from datetime import timedelta
 from importlib import import_module
 from typing import Any
 
@@ -34,8 +34,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from syncing.budget import Budget
-from syncing.providers.base import AuthError, PermanentError
-from syncing.providers.google.errors import RECONNECT_MESSAGE, google_error
+from syncing.providers.base import PermanentError
 
 logger = logging.getLogger(__name__)
 
@@ -212,16 +211,6 @@ class _AccessTokens:
 
 
 access_tokens = _AccessTokens()
-
-
-def bearer_for(refresh_token: str | None, *, now: datetime) -> str:
-    """An access token for the connection's refresh token, as a provider error if there is none."""
-    if not refresh_token:
-        raise AuthError(RECONNECT_MESSAGE)
-    try:
-        return access_tokens.bearer(refresh_token)
-    except Exception as exc:
-        raise google_error(exc, now=now) from None
 
 
 def call_metadata(*, bearer: str, login_customer_id: str | None) -> list[tuple[str, str]]:
