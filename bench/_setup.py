@@ -325,7 +325,8 @@ def redis_queues_purge() -> int:
     client = redis_client()
     assert str(client.connection_pool.connection_kwargs.get("db", 0)) == REDIS_DB
     removed = 0
-    for key in ("sync_jobs", "dispatch"):
+    # Realtime and Sync Now jobs go to sync_jobs, the other scheduled ones to sync_bulk.
+    for key in ("sync_jobs", "sync_bulk", "dispatch"):
         removed += client.llen(key)
         client.delete(key)
     return removed
