@@ -17,7 +17,13 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from adsync.env import envbool, envfloat, envint, envlist, envstr
-from syncing.task_names import DISPATCH_TASK_NAME, PRUNE_TASK_NAME, SYNC_QUEUE, SYNC_TASK_NAME
+from syncing.task_names import (
+    ALERTS_EVALUATE_TASK_NAME,
+    DISPATCH_TASK_NAME,
+    PRUNE_TASK_NAME,
+    SYNC_QUEUE,
+    SYNC_TASK_NAME,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(envstr("ADSYNC_DATA_DIR", str(BASE_DIR / ".data")))
@@ -69,6 +75,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "connections",
     "syncing",
+    "alerts",
 ]
 
 MIDDLEWARE = [
@@ -192,6 +199,23 @@ SYNC_DISPATCH_BATCH = envint("SYNC_DISPATCH_BATCH", 1000, minimum=1)
 # (syncing.dispatcher.dispatch_room). 2: a job ready for every slot that frees up, and queues
 # short enough that a Sync Now behind them starts within about one platform call.
 SYNC_QUEUE_AHEAD = envint("SYNC_QUEUE_AHEAD", 2, minimum=1)
+# Backfills (syncing.services.backfill_request): chunks are claimed only with the room left after
+# every due sync, and each keeps out of the way of its own connection's regular syncs.
+# - SPACING: seconds between the end of a chunk and the next of the same backfill, and the least
+#   time to the connection's next regular sync for a chunk to start: a realtime connection's
+#   chunk runs just after its sync, never over its next slot.
+# - BUDGET_RESERVE_PCT: the share of every rate budget a chunk leaves to the regular syncs, at the
+#   dispatcher's check and in the worker's meter. Meta allows 180 calls per rolling hour per ad
+#   account; a realtime sync every 30 s spends 120 (one insights request each) plus a 28-day
+#   restatement every 6 h (4 requests, ~1 an hour). A chunk (one request of 7 days) may call only
+#   while the hour holds fewer than 162 (90 %): about 40 chunks, 280 days, an hour (37 months
+#   in about 4 h), and the realtime syncs always find 18 calls free. The spacing alone would let
+#   ~300 chunks an hour take every call the realtime syncs leave, and then theirs.
+# - SLOTS_PCT: chunks queued or syncing hold at most this share of the live sync workers' slots,
+#   so the syncs that come due in the next seconds never wait behind a wave of chunks.
+SYNC_BACKFILL_SPACING = envint("SYNC_BACKFILL_SPACING", 10, minimum=0)
+SYNC_BACKFILL_BUDGET_RESERVE_PCT = envint("SYNC_BACKFILL_BUDGET_RESERVE_PCT", 10, minimum=0, maximum=90)
+SYNC_BACKFILL_SLOTS_PCT = envint("SYNC_BACKFILL_SLOTS_PCT", 25, minimum=1, maximum=100)
 # Hard limit for one sync task; the soft limit leaves time to record the failure.
 SYNC_TASK_TIME_LIMIT = envint("SYNC_TASK_TIME_LIMIT", 120, minimum=10)
 SYNC_TASK_SOFT_TIME_LIMIT = SYNC_TASK_TIME_LIMIT - 5
@@ -468,3 +492,59 @@ GOOGLE_OPS_PER_DAY = envint("GOOGLE_OPS_PER_DAY", 15000, minimum=1)
 GOOGLE_OPS_PER_CUSTOMER_PER_DAY = envint("GOOGLE_OPS_PER_CUSTOMER_PER_DAY", 3000, minimum=1)
 # Days a restatement sync re-fetches when the connection does not say.
 GOOGLE_LOOKBACK_DAYS = envint("GOOGLE_LOOKBACK_DAYS", 14, minimum=1)
+
+# --- Email --------------------------------------------------------------------------------------
+# Alerts are sent with Django's mail. Embedded mode prints them to the worker's log (console
+# backend) so that trying AdSync out needs no mail server; otherwise SMTP, configured here.
+EMAIL_BACKEND = envstr(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend" if EMBEDDED else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = envstr("EMAIL_HOST", "localhost")
+EMAIL_PORT = envint("EMAIL_PORT", 25, minimum=1, maximum=65535)
+EMAIL_HOST_USER = envstr("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = envstr("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = envbool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("Set EMAIL_USE_TLS (STARTTLS, port 587) or EMAIL_USE_SSL (port 465), not both")
+# Seconds to wait for the mail server; an alert that times out is retried like a webhook.
+EMAIL_TIMEOUT = envint("EMAIL_TIMEOUT", 10, minimum=1)
+DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "AdSync <alerts@localhost>")
+
+# --- Alerts ---------------------------------------------------------------------------------------
+# How often beat runs the evaluator (alerts.evaluate): it opens and resolves incidents from the
+# database's state and sends again deliveries whose message was lost. Cheap when all is well.
+ALERTS_EVALUATE_INTERVAL = envint("ALERTS_EVALUATE_INTERVAL", 60, minimum=5)
+# It runs on the dispatch queue with the hourly prune: a few indexed reads. The deliveries, which
+# wait on the network, go to ALERTS_QUEUE instead, so they never hold back a dispatcher tick.
+CELERY_BEAT_SCHEDULE["evaluate-alerts"] = {
+    "task": ALERTS_EVALUATE_TASK_NAME,
+    "schedule": float(ALERTS_EVALUATE_INTERVAL),
+    "options": {"queue": "dispatch", "expire_seconds": ALERTS_EVALUATE_INTERVAL},
+}
+# The queue of alert deliveries; the sync workers consume it. Alerts are rare and each attempt is
+# bounded by the timeouts below, so they borrow a sync slot for at most seconds. Point it at a
+# queue of its own (and add that to a worker's -Q) to keep them apart.
+ALERTS_QUEUE = envstr("ALERTS_QUEUE", SYNC_QUEUE)
+# An incident resolves once its problem has been seen gone this long (seconds), so a connection
+# that flaps alerts once and resolves once it has settled, rather than on every flap.
+ALERTS_RESOLVE_AFTER = envint("ALERTS_RESOLVE_AFTER", 300, minimum=0)
+# Attempts per delivery, and the backoff between them: ALERTS_RETRY_BACKOFF seconds, doubling,
+# at most ALERTS_RETRY_BACKOFF_MAX (the defaults try 8 times over about 20 minutes).
+ALERTS_DELIVERY_MAX_ATTEMPTS = envint("ALERTS_DELIVERY_MAX_ATTEMPTS", 8, minimum=1)
+ALERTS_RETRY_BACKOFF = envfloat("ALERTS_RETRY_BACKOFF", 10.0, minimum=0.0)
+ALERTS_RETRY_BACKOFF_MAX = envfloat("ALERTS_RETRY_BACKOFF_MAX", 900.0, minimum=0.0)
+# A delivery still waiting this long after it was due has lost its message (Redis flushed, or
+# the broker was down when the incident opened): the evaluator queues it again.
+ALERTS_DELIVERY_LOST_AFTER = envint("ALERTS_DELIVERY_LOST_AFTER", 300, minimum=60)
+# Seconds a webhook receiver has to answer (each of connect, send and read).
+ALERTS_WEBHOOK_TIMEOUT = envfloat("ALERTS_WEBHOOK_TIMEOUT", 10.0, minimum=1.0)
+# Webhooks to private, loopback and link-local addresses are refused (a workspace member must not
+# reach the database, Redis or a cloud metadata service through our workers) unless this is on;
+# it is on by default in embedded mode and with DEBUG, where the receiver is often on the same machine.
+ALERTS_WEBHOOK_ALLOW_PRIVATE = envbool("ALERTS_WEBHOOK_ALLOW_PRIVATE", EMBEDDED or DEBUG)
+# Where the links in alerts point (the Settings page); PUBLIC_BASE_URL when it is set.
+ALERTS_BASE_URL = (envstr("ALERTS_BASE_URL") or PUBLIC_BASE_URL or "http://127.0.0.1:8000").rstrip("/")
+if not ALERTS_BASE_URL.startswith(("https://", "http://")):
+    raise ImproperlyConfigured(f"ALERTS_BASE_URL={ALERTS_BASE_URL!r} must start with https:// (or http://)")

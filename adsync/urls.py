@@ -21,6 +21,28 @@ urlpatterns = [
         name="settings-frequency",
     ),
     path("settings/connections/<str:connection_id>/sync-now", views.connection_sync_now, name="settings-sync-now"),
+    path("settings/connections/<str:connection_id>/pause", views.connection_pause_view, name="settings-pause"),
+    path("settings/connections/<str:connection_id>/resume", views.connection_resume_view, name="settings-resume"),
+    path("settings/connections/<str:connection_id>/cancel", views.connection_cancel_view, name="settings-cancel"),
+    path("settings/connections/<str:connection_id>/backfill", views.connection_backfill_view, name="settings-backfill"),
+    path(
+        "settings/connections/<str:connection_id>/backfills/<str:backfill_id>/cancel",
+        views.backfill_cancel_view,
+        name="settings-backfill-cancel",
+    ),
+    path("settings/connections/<str:connection_id>/runs", views.connection_runs, name="settings-runs"),
+    path(
+        "settings/connections/<str:connection_id>/runs/<str:run_id>",
+        views.connection_run_detail,
+        name="settings-run",
+    ),
+    path("settings/workspaces/<str:workspace_id>/stop-syncs", views.workspace_stop_syncs, name="settings-stop-syncs"),
+    path(
+        "settings/workspaces/<str:workspace_id>/resume-syncs",
+        views.workspace_resume_syncs,
+        name="settings-resume-syncs",
+    ),
+    path("settings/alerts", include("alerts.urls")),
     path("admin/", admin.site.urls),
     # Browsers ask for /favicon.ico wherever a page names no icon (the API's JSON, the docs).
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),

@@ -1,4 +1,5 @@
-"""The REST API (DRF). The spec's three endpoints, exactly, plus list/detail, history, jobs and ping.
+"""The REST API (DRF). The spec's three endpoints, exactly, plus list/detail, history (with each
+run's change ledger), jobs and ping.
 
 Every lookup goes through connections_for_user, so a connection in another workspace answers
 404 exactly like one that does not exist.
@@ -27,14 +28,24 @@ from connections.serializers import (
     JobOut,
     PingOut,
     RateLimitedOut,
+    SyncChangePageOut,
+    SyncChangesQueryIn,
     SyncFrequencyIn,
     SyncNowOut,
     SyncRunOut,
+    SyncRunsQueryIn,
     SyncStatusOut,
 )
 from connections.services import connection_set_frequency
 from connections.status import rate_limited_message
-from syncing.selectors import job_get_for_user, sync_runs_for_connection
+from syncing.selectors import (
+    job_get_for_user,
+    sync_changes_describe,
+    sync_changes_for_run,
+    sync_run_changes_summary,
+    sync_run_for_connection,
+    sync_runs_with_changes_for_connection,
+)
 from syncing.services import BrokerUnavailable, RateLimited, connection_enqueue_sync
 
 CONNECTION_ID = OpenApiParameter(
@@ -44,6 +55,12 @@ CONNECTION_ID = OpenApiParameter(
     description="The connection's public id. Any other value answers 404, like an id in another workspace.",
 )
 JOB_ID = OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="A sync job's id.")
+RUN_ID = OpenApiParameter(
+    "run_id",
+    OpenApiTypes.UUID,
+    OpenApiParameter.PATH,
+    description="A sync run's id (`id` in the sync-runs list). A run of another connection answers 404.",
+)
 WWW_AUTHENTICATE = OpenApiParameter(
     "WWW-Authenticate",
     str,
@@ -76,6 +93,14 @@ WRITE_ERRORS = {401: UNAUTHENTICATED, 403: REFUSED, 404: NOT_FOUND}
 
 
 class ConnectionPagination(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+class SyncChangePagination(PageNumberPagination):
+    # A run's changes no longer change once it has finished, so page numbers (and a count) are
+    # safe here, unlike for the runs themselves.
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 200
@@ -229,19 +254,68 @@ class SyncRunListView(ConnectionApiView):
 
     @extend_schema(
         operation_id="connections_sync_runs",
-        parameters=[CONNECTION_ID, WWW_AUTHENTICATE],
+        parameters=[CONNECTION_ID, SyncRunsQueryIn, WWW_AUTHENTICATE],
         responses={
             200: SyncRunOut(many=True),
+            400: VALIDATION_ERROR,
             401: UNAUTHENTICATED,
             404: OpenApiResponse(ErrorOut, description="No such connection in your workspaces, or an invalid cursor."),
         },
-        summary="Sync history, newest first",
+        summary="Sync history, newest first (filter by outcome, trigger, since)",
     )
     def get(self, request: Request, connection_id: str) -> Response:
         connection = self.get_connection(request, connection_id)
+        # Checked after the connection: an outsider gets 404 whatever the parameters.
+        query = SyncRunsQueryIn(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        runs = sync_runs_with_changes_for_connection(connection=connection, **query.validated_data)
         paginator = self.pagination_class()
-        page = paginator.paginate_queryset(sync_runs_for_connection(connection=connection), request)
+        page = paginator.paginate_queryset(runs, request)
         return paginator.get_paginated_response(SyncRunOut(page, many=True).data)
+
+
+class SyncRunChangesView(ConnectionApiView):
+    @extend_schema(
+        operation_id="connections_sync_run_changes",
+        parameters=[
+            CONNECTION_ID,
+            RUN_ID,
+            SyncChangesQueryIn,
+            OpenApiParameter("page", int, OpenApiParameter.QUERY, description="A page number (from 1)."),
+            OpenApiParameter(
+                "page_size",
+                int,
+                OpenApiParameter.QUERY,
+                description=f"Changes per page (default {SyncChangePagination.page_size}, "
+                f"at most {SyncChangePagination.max_page_size}).",
+            ),
+            WWW_AUTHENTICATE,
+        ],
+        responses={
+            200: SyncChangePageOut,
+            400: VALIDATION_ERROR,
+            401: UNAUTHENTICATED,
+            404: OpenApiResponse(
+                ErrorOut, description="No such connection in your workspaces, no such run of it, or no such page."
+            ),
+        },
+        summary="What one sync run changed: each metric row, old → new, restatements marked",
+    )
+    def get(self, request: Request, connection_id: str, run_id: str) -> Response:
+        connection = self.get_connection(request, connection_id)
+        run = sync_run_for_connection(connection=connection, public_id=run_id)
+        query = SyncChangesQueryIn(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        paginator = SyncChangePagination()
+        page = paginator.paginate_queryset(sync_changes_for_run(run=run, **query.filters()), request, view=self)
+        body = {
+            "count": paginator.page.paginator.count if paginator.page is not None else 0,
+            "next": paginator.get_next_link(),
+            "previous": paginator.get_previous_link(),
+            "run": {"run": run, "changes": sync_run_changes_summary(run=run)},
+            "results": sync_changes_describe(changes=page or []),
+        }
+        return Response(SyncChangePageOut(body).data)
 
 
 class JobDetailView(APIView):

@@ -83,6 +83,7 @@ class ErrorKind(models.TextChoices):
     TRANSIENT = "transient", "Temporary failure"
     THROTTLED = "throttled", "Rate limited"
     INTERRUPTED = "interrupted", "Interrupted"
+    CANCELLED = "cancelled", "Cancelled"  # a run someone cancelled (never a connection's last error)
 
 
 # last_sync_error_kind of a connection whose access expired or was revoked: it waits for a reconnect.
@@ -100,6 +101,9 @@ class PauseReason(models.TextChoices):
 class SyncTrigger(models.TextChoices):
     MANUAL = "manual", "Manual"
     SCHEDULED = "scheduled", "Scheduled"
+    # A chunk of a backfill (syncing.models.Backfill): a job of the connection like the others,
+    # but its window is the backfill's next chunk and it leaves the schedule alone.
+    BACKFILL = "backfill", "Backfill"
 
 
 class Connection(models.Model):
@@ -146,6 +150,9 @@ class Connection(models.Model):
     # Automated syncs paused (next_sync_at is null meanwhile); the frequency is kept, so resuming
     # brings the schedule back as it was. Sync Now still works while paused.
     paused_at = models.DateTimeField(null=True, blank=True)
+    # Someone asked to cancel the running sync: it stops before its next platform call and
+    # writes nothing (syncing.services.connection_cancel_sync); cleared when the sync ends.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
     pause_reason = models.CharField(max_length=16, choices=PauseReason.choices, blank=True, default="")
     # Shared platform limits this connection was found to count against besides those its
     # provider and account id imply (a Meta business's use case, from the usage headers).
@@ -215,6 +222,13 @@ class Connection(models.Model):
             ),
             # syncing.selectors.job_get_for_user: GET /jobs/{job_id}, which scripts poll.
             models.Index(fields=["job_id"], name="connections_job_idx"),
+            # alerts.selectors.connections_in_error, every alert evaluation: only failing rows,
+            # so it reads as many rows as are failing, however many connections there are.
+            models.Index(
+                fields=["last_sync_error_kind"],
+                condition=Q(sync_status=SyncStatus.ERROR),
+                name="connections_error_idx",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC
+from typing import Any, TypedDict
 
 from django.utils import timezone
 from rest_framework import serializers
 
-from connections.models import Connection, SyncFrequency, SyncStatus
+from connections.models import Connection, PauseReason, SyncFrequency, SyncStatus, SyncTrigger
 from connections.status import Freshness
 from connections.sync_status import connection_details_data, connection_sync_status_data
-from syncing.models import JobStatus, SyncOutcome, SyncRun, SyncWindow
+from syncing.models import JobStatus, MetricLevel, SyncOutcome, SyncRun, SyncWindow
+from syncing.selectors import CHANGE_FIELDS, ChangeKind
 
 VALID_FREQUENCIES = ", ".join(SyncFrequency.values)
 
@@ -51,6 +53,71 @@ class SyncFrequencyIn(StrictSerializer):
     )
 
 
+def _choice_messages(what: str, choices: list[str]) -> dict[str, Any]:
+    # (An empty query parameter, "?kind=", is DRF's "not given" for an optional field.)
+    return {"invalid_choice": f'"{{input}}" is not a valid {what}; valid choices: {", ".join(choices)}.'}
+
+
+class ChangeFilters(TypedDict):
+    """Keyword arguments for syncing.selectors.sync_changes_for_run."""
+
+    restated: bool | None
+    kind: str | None
+    field: str | None
+
+
+class SyncChangesQueryIn(serializers.Serializer):
+    """The changes endpoint's filters (query parameters; page and page_size are the paginator's)."""
+
+    restated = serializers.ChoiceField(
+        choices=["true", "false"],
+        required=False,
+        help_text="Only changes of days before yesterday (true), or only the others (false).",
+        error_messages=_choice_messages("value for restated", ["true", "false"]),
+    )
+    kind = serializers.ChoiceField(
+        choices=ChangeKind.choices,
+        required=False,
+        help_text="Only rows the run added, or only rows whose values it changed.",
+        error_messages=_choice_messages("kind", list(ChangeKind.values)),
+    )
+    field = serializers.ChoiceField(
+        choices=list(CHANGE_FIELDS),
+        required=False,
+        help_text="Only rows where this field changed.",
+        error_messages=_choice_messages("field", list(CHANGE_FIELDS)),
+    )
+
+    def filters(self) -> ChangeFilters:
+        data = self.validated_data
+        restated = data.get("restated")
+        return ChangeFilters(
+            restated=None if restated is None else restated == "true", kind=data.get("kind"), field=data.get("field")
+        )
+
+
+class SyncRunsQueryIn(serializers.Serializer):
+    """The history's filters (query parameters; cursor and page_size are the paginator's)."""
+
+    outcome = serializers.ChoiceField(
+        choices=SyncOutcome.choices,
+        required=False,
+        help_text="Only runs that ended so (or are running).",
+        error_messages=_choice_messages("outcome", list(SyncOutcome.values)),
+    )
+    since = UTCDateTimeField(
+        required=False,
+        help_text="Only runs started at or after this time (ISO 8601, with an offset, e.g. 2026-11-28T12:00:00Z).",
+        error_messages={"invalid": "Enter a time as ISO 8601 with an offset, e.g. 2026-11-28T12:00:00Z."},
+    )
+    trigger = serializers.ChoiceField(
+        choices=SyncTrigger.choices,
+        required=False,
+        help_text="Only runs of this trigger.",
+        error_messages=_choice_messages("trigger", list(SyncTrigger.values)),
+    )
+
+
 # --- output ------------------------------------------------------------------------------------
 
 
@@ -82,6 +149,16 @@ class SyncStatusOut(serializers.Serializer):
         help_text="Judged against the schedule: on_time, delayed (older than one interval), stale (two).",
     )
     stats = serializers.CharField(read_only=True, help_text='For example "45 attempts | 12 changes (26.7%)".')
+    paused = serializers.BooleanField(
+        read_only=True, help_text="Automated syncs paused (POST .../pause); the frequency is kept for the resume."
+    )
+    paused_at = UTCDateTimeField(allow_null=True, read_only=True)
+    pause_reason = serializers.ChoiceField(
+        choices=PauseReason.choices,
+        allow_null=True,
+        read_only=True,
+        help_text="user (paused by someone), workspace (Stop all automated syncs), failures (auto-pause).",
+    )
 
     def _now(self):
         # One clock reading per response (passed in context by the view), not one per connection.
@@ -110,15 +187,27 @@ class SyncNowOut(serializers.Serializer):
 
 
 class SyncRunOut(serializers.ModelSerializer):
+    """A run of syncing.selectors.sync_runs_with_changes_for_connection (which counts its changes)."""
+
+    id = serializers.UUIDField(
+        source="public_id", help_text="The run's id: `/sync-runs/{id}/changes` lists its changes."
+    )
     started_at = UTCDateTimeField()
     finished_at = UTCDateTimeField(allow_null=True)
     duration_seconds = serializers.FloatField(allow_null=True)
     outcome = serializers.ChoiceField(choices=SyncOutcome.choices)
     window = serializers.ChoiceField(choices=SyncWindow.choices)
+    changes = serializers.IntegerField(
+        source="changes_count", min_value=0, help_text="Metric rows this run added or changed (its change ledger)."
+    )
+    restated = serializers.BooleanField(
+        source="has_restatements", help_text="True when the run changed a day before yesterday: a restatement."
+    )
 
     class Meta:
         model = SyncRun
         fields = [
+            "id",
             "job_id",
             "trigger",
             "window",
@@ -133,7 +222,58 @@ class SyncRunOut(serializers.ModelSerializer):
             "rows_written",
             "error_class",
             "error_message",
+            "changes",
+            "restated",
         ]
+
+
+class FieldChangeOut(serializers.Serializer):
+    field = serializers.ChoiceField(choices=list(CHANGE_FIELDS))
+    old = serializers.CharField(
+        allow_null=True, help_text="Before the run, as a string (decimals exact); null for an added row."
+    )
+    new = serializers.CharField(help_text="After the run, as a string (decimals exact).")
+
+
+class SyncChangeOut(serializers.Serializer):
+    """One metric row the run added or changed (syncing.selectors.MetricChange)."""
+
+    level = serializers.ChoiceField(choices=MetricLevel.choices)
+    entity_id = serializers.CharField()
+    entity_name = serializers.CharField(allow_blank=True)
+    date = serializers.DateField(help_text="The day, in the ad account's time zone.")
+    added = serializers.BooleanField(help_text="A row the run inserted (every old value is null).")
+    restated = serializers.BooleanField(
+        help_text="The run changed a stored value of a day before yesterday (in the account's time zone)."
+    )
+    values = FieldChangeOut(many=True, help_text="Only the fields that changed, old → new.")
+    summary = serializers.CharField(help_text='For example "restated Nov 27: conversions 41 → 44".')
+
+
+class SyncRunChangesOut(serializers.Serializer):
+    """What the whole run changed (syncing.selectors.RunChanges), whatever the filters and page."""
+
+    id = serializers.UUIDField(source="run.public_id")
+    started_at = UTCDateTimeField(source="run.started_at")
+    changed = serializers.IntegerField(source="changes.changed", min_value=0)
+    added = serializers.IntegerField(source="changes.added", min_value=0)
+    restated = serializers.IntegerField(
+        source="changes.restated", min_value=0, help_text="Changed rows of days before yesterday."
+    )
+    restated_days = serializers.ListField(
+        child=serializers.DateField(), source="changes.restated_days", help_text="The days it restated, oldest first."
+    )
+    summary = serializers.CharField(
+        source="changes.summary", help_text='For example "3 rows changed, 1 added; restated Nov 26, Nov 27".'
+    )
+
+
+class SyncChangePageOut(serializers.Serializer):
+    count = serializers.IntegerField(min_value=0, help_text="Changes matching the filters, on all pages.")
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    run = SyncRunChangesOut()
+    results = SyncChangeOut(many=True)
 
 
 class JobOut(serializers.Serializer):

@@ -12,24 +12,13 @@ the whole installation (the quota belongs to the app's OAuth client) and per cus
 from __future__ import annotations
 
 import dataclasses
-import time
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.db import connection as db
 from django.db import transaction
 from django.db.models import Sum
 
 from syncing.models import ApiCallBucket
-from syncing.providers.base import DeadlineExceeded, ScopeUsage, ThrottledError
-from syncing.scopes import (
-    ScopeState,
-    connection_scopes_learn,
-    pace_key,
-    scope_label,
-    scope_states,
-    scope_usage_record,
-)
 
 MINUTE = timedelta(minutes=1)
 
@@ -168,152 +157,7 @@ def api_call_buckets_prune(*, now: datetime, keep: timedelta = timedelta(days=2)
     return ApiCallBucket.objects.filter(minute__lt=now - keep).delete()[0]
 
 
-class CallMeter:
-    """Handed to a provider for one sync: it calls spend() before every real API call (each page),
-    and observe() with what the platform said of its usage after every answer.
-
-    spend() raises ThrottledError before the call is made when a budget would be exceeded, or
-    when a scope the connection counts against is throttled (syncing.scopes), so the sync stops
-    early and the connection resumes when it may. With a deadline (a time.monotonic() value) no
-    call starts after it (DeadlineExceeded), and call_timeout() gives each call only the time
-    left, so a platform that never answers cannot hold a worker's slot past the sync's deadline,
-    on any pool.
-
-    With `usage_window` (a platform that reports usage: Meta), every call is also counted per
-    scope, and a scope the platform reports busy is paced: at most `pace_limit` calls per window.
-    """
-
-    def __init__(
-        self,
-        budgets: list[Budget],
-        *,
-        clock,
-        deadline: float | None = None,
-        allowed_seconds: float = 0,
-        scopes: tuple[str, ...] = (),
-        usage_window: timedelta | None = None,
-        connection_id: int | None = None,
-    ):
-        self.budgets = budgets
-        self.clock = clock
-        self.calls = 0
-        self.deadline = deadline
-        self.allowed_seconds = allowed_seconds
-        self.scopes = list(scopes)
-        self.usage_window = usage_window
-        self.connection_id = connection_id
-        # What the last spend() read of the scopes (observe() writes only what changed).
-        self.states: dict[str, ScopeState] = {}
-        # A throttle the platform announced in an answer that still carried data: the sync keeps
-        # that data, makes no further call, and the connection (and the scope) then wait.
-        self.pending_throttle: ThrottledError | None = None
-
-    def remaining(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.monotonic()
-
-    def past_deadline(self) -> bool:
-        remaining = self.remaining()
-        return remaining is not None and remaining <= 0
-
-    def deadline_error(self) -> DeadlineExceeded:
-        return DeadlineExceeded(
-            f"The platform did not answer within {self.allowed_seconds:.0f} s, so the sync was stopped. "
-            "It runs again at its next scheduled time, or press Sync Now."
-        )
-
-    def call_timeout(self, default: float) -> float:
-        """A call's timeout: its usual one, cut to what is left of the sync's time."""
-        remaining = self.remaining()
-        return default if remaining is None else max(0.1, min(default, remaining))
-
-    def spend(self, calls: int = 1) -> None:
-        if self.past_deadline():
-            raise self.deadline_error()
-        if self.pending_throttle is not None:
-            raise self.pending_throttle
-        now = self.clock()
-        budgets = list(self.budgets)
-        if self.scopes:
-            self.states = scope_states(scopes=self.scopes)
-            throttled = [state for state in self.states.values() if state.throttled(now)]
-            if throttled:
-                # Another connection's call found the scope throttled: no call, the same resume time.
-                latest = max(throttled, key=lambda state: state.throttled_until or now)
-                raise ThrottledError(
-                    f"Paused: {latest.reason or scope_label(latest.scope) + ' is rate limited'}",
-                    until=latest.throttled_until,
-                )
-            if self.usage_window is not None:
-                budgets += [self._scope_budget(scope, now) for scope in self.scopes]
-        short = budgets_try_spend(budgets=budgets, now=now, calls=calls)
-        if short is not None:
-            raise ThrottledError(
-                f"Paused to stay within {short.label} ({short.limit} calls per {_describe(short.window)}).",
-                until=budget_available_at(budget=short, now=now, calls=calls),
-            )
-        self.calls += calls
-
-    def _scope_budget(self, scope: str, now: datetime) -> Budget:
-        assert self.usage_window is not None
-        state = self.states.get(scope)
-        pace = None if state is None else state.pace(now, self.usage_window)
-        return Budget(
-            key=pace_key(scope),
-            limit=pace,
-            window=self.usage_window,
-            label=f"a pace that keeps {scope_label(scope)} under its platform limit",
-        )
-
-    def observe(self, usages: list[ScopeUsage], *, now: datetime) -> None:
-        """What one answer said of each scope's usage: throttled (no further call), busy (paced
-        from now on, for every connection in the scope), or calm again (the pace lifted)."""
-        if not usages or self.usage_window is None:
-            return
-        learned = [u.scope for u in usages if u.scope not in self.scopes]
-        if learned:
-            if self.connection_id is not None:
-                connection_scopes_learn(connection_id=self.connection_id, scopes=learned)
-            self.scopes += learned
-            # The call that answered counted in these scopes too, though spend() did not know them.
-            counted = [dataclasses.replace(self._scope_budget(scope, now), limit=None) for scope in learned]
-            budgets_try_spend(budgets=counted, now=now)
-        throttled = [u for u in usages if u.throttled]
-        if throttled:
-            until = now + max(u.regain or default_pause() for u in throttled)
-            names = ", ".join(scope_label(u.scope) for u in throttled)
-            self.pending_throttle = ThrottledError(
-                f"{names} reached {max(u.percent for u in throttled):.0f} % of its limit; paused until it recovers.",
-                until=until,
-                scopes=tuple(u.scope for u in throttled),
-            )
-            return
-        for usage in usages:
-            state = self.states.get(usage.scope)
-            if usage.percent >= settings.META_USAGE_SLOWDOWN_PCT:
-                made = budget_used(budget=self._scope_budget(usage.scope, now), now=now)
-                # Our calls in the window were `usage.percent` of the limit: keep to the target.
-                pace = max(1, int(made * settings.META_USAGE_TARGET_PCT / usage.percent))
-                if state is None or state.pace_limit != pace or state.usage_pct != usage.percent:
-                    self._record(usage, pace, now)
-            elif state is not None and state.pace_limit is not None:
-                self._record(usage, None, now)
-
-    def _record(self, usage: ScopeUsage, pace: int | None, now: datetime) -> None:
-        scope_usage_record(scope=usage.scope, usage_pct=usage.percent, pace_limit=pace, now=now)
-        previous = self.states.get(usage.scope)
-        self.states[usage.scope] = (
-            dataclasses.replace(previous, usage_pct=usage.percent, usage_reported_at=now, pace_limit=pace)
-            if previous is not None
-            else ScopeState(usage.scope, None, "", None, None, usage.percent, now, pace)
-        )
-
-
-def default_pause() -> timedelta:
-    """How long a throttle lasts when the platform gives no estimate."""
-    return timedelta(minutes=settings.META_PAUSE_MINUTES)
-
-
-def _describe(window: timedelta) -> str:
+def describe_window(window: timedelta) -> str:
     if window == timedelta(hours=1):
         return "hour"
     if window == timedelta(days=1):

@@ -19,24 +19,37 @@ In what order: shorter intervals first (realtime before every 30 min, hourly and
 midnight burst of daily syncs cannot hold realtime back), then round robin across workspaces
 (each workspace's most overdue row first), then the most overdue. An agency with 2,000 accounts
 due at once does not starve a shop with 5.
+
+Backfills last (backfills_claim_ready): their chunks take only the room every due sync left, at
+most SYNC_BACKFILL_SLOTS_PCT of the workers' slots, and never a call the regular syncs need.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import connection as db
 from django.db import transaction
-from django.db.models import Case, F, IntegerField, Value, When, Window
+from django.db.models import Case, F, IntegerField, Q, QuerySet, Value, When, Window
 from django.db.models.functions import RowNumber
 
-from connections.models import BUSY_STATUSES, RUNNABLE_STATUSES, SYNC_INTERVALS, Connection, SyncFrequency
+from connections.models import (
+    BUSY_STATUSES,
+    RUNNABLE_STATUSES,
+    SYNC_INTERVALS,
+    Connection,
+    SyncFrequency,
+    SyncStatus,
+    SyncTrigger,
+)
 from syncing.budget import Budget, available_at, budget_buckets, budgets_used
 from syncing.health import engine_beats
-from syncing.models import SCHEDULER_HEARTBEAT, HeartbeatKind
+from syncing.models import BACKFILL_ACTIVE, SCHEDULER_HEARTBEAT, Backfill, HeartbeatKind
 from syncing.providers import PROVIDERS
 from syncing.scopes import (
     ScopeState,
@@ -49,6 +62,8 @@ from syncing.scopes import (
 from syncing.services import (
     BrokerUnavailable,
     Claim,
+    backfill_budgets,
+    backfills_defer,
     connections_defer,
     connections_queue_claimed,
     heartbeat_record,
@@ -123,6 +138,11 @@ def connections_claim_due(*, now: datetime, limit: int, realtime: bool | None = 
         if deferred:
             connections_defer(deferred=deferred)
         job_ids = connections_queue_claimed(ids=ids, now=now)
+    return _claims(due, job_ids)
+
+
+def _claims(due: list[DueConnection], job_ids: dict[int, uuid.UUID]) -> list[Claim]:
+    """The rows queued, each with what it was before (put back if sending fails)."""
     return [
         Claim(
             connection_id=row.pk,
@@ -157,6 +177,17 @@ def dispatch_room(*, now: datetime) -> int:
     return max(0, concurrency * settings.SYNC_QUEUE_AHEAD - busy)
 
 
+def backfill_room(*, now: datetime, room: int) -> int:
+    """How many backfill chunks this tick may queue, of the `room` every due sync left: chunks
+    queued or syncing stay within SYNC_BACKFILL_SLOTS_PCT of the live workers' slots (at least
+    one), so the syncs that come due in the next seconds find free slots, not a wave of chunks."""
+    if room <= 0:
+        return 0
+    slots = math.ceil(engine_beats(now=now).live_sync_capacity * settings.SYNC_BACKFILL_SLOTS_PCT / 100)
+    in_flight = Connection.objects.filter(sync_status__in=BUSY_STATUSES, queued_trigger=SyncTrigger.BACKFILL).count()
+    return max(0, min(room, slots - in_flight))
+
+
 def _budgets_for(provider: str, account_id: str) -> list[Budget]:
     slug_provider = PROVIDERS.get(provider)
     return [] if slug_provider is None else slug_provider.budgets(external_account_id=account_id)
@@ -176,7 +207,9 @@ def _paced(scopes: tuple[str, ...], states: dict[str, ScopeState], provider: str
     return paced
 
 
-def _within_limits(due: list[DueConnection], now: datetime) -> tuple[list[int], dict[datetime, list[int]]]:
+def _within_limits(
+    due: list[DueConnection], now: datetime, *, backfill: bool = False
+) -> tuple[list[int], dict[datetime, list[int]]]:
     """Split due rows into those whose next sync may call the platform now and those to defer.
 
     - A row in a throttled scope (syncing.scopes) waits until the throttle's end, without a call.
@@ -186,6 +219,10 @@ def _within_limits(due: list[DueConnection], now: datetime) -> tuple[list[int], 
       One call is set aside per claimed sync as we go, so a batch never promises more than a
       shared budget has left; each row deferred for a budget also counts one call, so the rows
       that wait resume spread out as older calls leave the window, not all in the same second.
+
+    With `backfill` (rows whose next job is a backfill's chunk) every budget keeps its share for
+    the regular syncs (syncing.services.backfill_budgets), and no row is a probe: a probe's
+    answer decides for every connection in the scope, which is a regular sync's to give.
 
     Demo rows have no budgets or scopes and cost no query.
     """
@@ -203,6 +240,8 @@ def _within_limits(due: list[DueConnection], now: datetime) -> tuple[list[int], 
         ]
         for row in due
     }
+    if backfill:
+        budgets = {pk: backfill_budgets(budgets=row_budgets) for pk, row_budgets in budgets.items()}
     limited = {b.key: b for bs in budgets.values() for b in bs if b.limit is not None}
     if not limited and not states:
         return [row.pk for row in due], {}
@@ -233,7 +272,7 @@ def _within_limits(due: list[DueConnection], now: datetime) -> tuple[list[int], 
             deferred.setdefault(until, []).append(row.pk)
             continue
         probing = [state.scope for state in row_states if state.probing(now)]
-        if probing and not _probe_take(row.pk, probing, states, probes, now):
+        if probing and (backfill or not _probe_take(row.pk, probing, states, probes, now)):
             deferred.setdefault(probe_wait, []).append(row.pk)
             continue
         for budget in budgets[row.pk]:
@@ -263,19 +302,129 @@ def _probe_take(
     return True
 
 
+# --- backfills: with the room the due syncs left -------------------------------------------------
+
+BACKFILL_WAITS = "Waiting for room in the platform's rate limits (its regular syncs come first)."
+
+
+def _backfills_ready(now: datetime) -> QuerySet[Backfill]:
+    """Backfills whose next chunk may be claimed now: not held back (not_before), and their
+    connection idle (a connection in error shows its regular syncs' problem, which a chunk's
+    success must not hide, and a chunk would most likely fail the same way), not paused (pausing
+    stops every automated call, chunks included; the backfill goes on once resumed), not
+    throttled, and not due for a regular sync within SYNC_BACKFILL_SPACING (the regular sync
+    goes first, and a chunk never holds the connection when its next slot comes).
+
+    The active backfills are few (the partial index syncing_backfill_ready_idx holds only them),
+    so this reads as many rows as backfills are in progress, however long the history.
+    """
+    clearance = now + timedelta(seconds=settings.SYNC_BACKFILL_SPACING)
+    return Backfill.objects.filter(
+        Q(connection__next_sync_at__isnull=True) | Q(connection__next_sync_at__gt=clearance),
+        Q(connection__rate_limited_until__isnull=True) | Q(connection__rate_limited_until__lte=now),
+        status__in=BACKFILL_ACTIVE,
+        not_before__lte=now,
+        connection__sync_status=SyncStatus.IDLE,
+        connection__paused_at__isnull=True,
+    )
+
+
+# What every tick asks first, in one statement written once: is any connection due (the claim's
+# question, on connections_due_idx), and has any backfill a chunk to claim (_backfills_ready's
+# question, on syncing_backfill_ready_idx)? Through the ORM the two cost 0.5 and 0.95 ms a tick,
+# mostly Python building the queries (the whole empty tick is about 3 ms, bench/dispatcher.py);
+# this costs about 0.3 ms. tests/test_backfill.py checks that it agrees with the claims.
+def _sql_list(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{value}'" for value in values)  # our own constants, never input
+
+
+_TICK_QUESTIONS_SQL = f"""
+SELECT
+  EXISTS (SELECT 1 FROM connections
+          WHERE sync_status IN ({_sql_list(RUNNABLE_STATUSES)}) AND next_sync_at <= %s),
+  EXISTS (SELECT 1 FROM backfills b JOIN connections c ON c.id = b.connection_id
+          WHERE b.status IN ({_sql_list(BACKFILL_ACTIVE)}) AND b.not_before <= %s
+            AND c.sync_status = '{SyncStatus.IDLE}' AND c.paused_at IS NULL
+            AND (c.next_sync_at IS NULL OR c.next_sync_at > %s)
+            AND (c.rate_limited_until IS NULL OR c.rate_limited_until <= %s))
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class TickQuestions:
+    due: bool  # a connection is due for a scheduled sync
+    backfills: bool  # a backfill has a chunk to claim
+
+
+def tick_questions(*, now: datetime) -> TickQuestions:
+    """Whether anything is due, and whether any backfill has a chunk to claim: one cheap query."""
+    clearance = now + timedelta(seconds=settings.SYNC_BACKFILL_SPACING)
+    params = [db.ops.adapt_datetimefield_value(moment) for moment in (now, now, clearance, now)]
+    with db.cursor() as cursor:
+        cursor.execute(_TICK_QUESTIONS_SQL, params)
+        due, backfills = cursor.fetchone()
+    return TickQuestions(due=bool(due), backfills=bool(backfills))
+
+
+def backfills_claim_ready(*, now: datetime, limit: int) -> list[Claim]:
+    """Queue the next chunk of up to `limit` ready backfills, round robin across workspaces (the
+    longest waiting first in each), each as a job of its connection with the trigger backfill;
+    return the claims. Sends nothing.
+
+    A backfill whose chunk does not fit its connection's budgets (less the regular syncs' share)
+    or waits on a throttled scope is not claimed: only its not_before moves, never the
+    connection's schedule or rate_limited_until, which belong to its regular syncs.
+    """
+    ready = _backfills_ready(now)
+    with transaction.atomic():
+        turns = list(
+            ready.annotate(
+                turn=Window(RowNumber(), partition_by=F("connection__workspace_id"), order_by=F("not_before").asc())
+            )
+            .order_by("turn", "not_before")
+            .values_list("connection_id", flat=True)[:limit]
+        )
+        if not turns:
+            return []
+        # The connections locked as the regular claim locks them, their conditions checked again;
+        # a backfill cancelled since the first query finds its chunk abandoned at its start
+        # (syncing.services.sync_start).
+        due = [
+            DueConnection(*row)
+            for row in Connection.objects.filter(
+                Q(next_sync_at__isnull=True)
+                | Q(next_sync_at__gt=now + timedelta(seconds=settings.SYNC_BACKFILL_SPACING)),
+                pk__in=turns,
+                sync_status=SyncStatus.IDLE,
+                paused_at__isnull=True,
+            )
+            .select_for_update(skip_locked=True)
+            .values_list(*_DUE_FIELDS)
+        ]
+        if not due:
+            return []
+        ids, deferred = _within_limits(due, now, backfill=True)
+        if deferred:
+            backfills_defer(deferred=deferred, reason=BACKFILL_WAITS)
+        job_ids = connections_queue_claimed(ids=ids, now=now, trigger=SyncTrigger.BACKFILL)
+    return _claims(due, job_ids)
+
+
 def syncs_dispatch_due(*, now: datetime, limit: int | None = None) -> DispatchResult:
-    """One dispatcher tick: recover, claim and send batches until nothing is due, beat."""
+    """One dispatcher tick: recover, claim and send batches until nothing is due, then backfill
+    chunks with the room left, beat."""
     limit = limit or settings.SYNC_DISPATCH_BATCH
     recovered = syncs_recover_stuck(now=now)
-    due = Connection.objects.filter(sync_status__in=RUNNABLE_STATUSES, next_sync_at__lte=now).exists()
+    questions = tick_questions(now=now)
+    due, backfills = questions.due, questions.backfills
     # (Nothing due, the usual tick: no need to ask how much room there is.)
-    room = dispatch_room(now=now) if due else 0
+    room = dispatch_room(now=now) if due or backfills else 0
     claimed = sent = 0
     broker_down = False
     # Realtime first, to the sync_jobs queue; then the rest, to sync_bulk, which the workers take
     # from in turn with sync_jobs, so no realtime job waits behind a burst of daily ones.
     for realtime, queue in ((True, SYNC_QUEUE), (False, BULK_QUEUE)):
-        while not broker_down and room > 0:
+        while due and not broker_down and room > 0:
             batch = min(limit, room)
             claims = connections_claim_due(now=now, limit=batch, realtime=realtime)
             claimed += len(claims)
@@ -290,6 +439,17 @@ def syncs_dispatch_due(*, now: datetime, limit: int | None = None) -> DispatchRe
                 sent += len(claims)
             if len(claims) < batch:
                 break
+    # Backfill chunks last, with what is left: never at the expense of a due sync, realtime first.
+    chunks = backfill_room(now=now, room=room) if backfills and not broker_down else 0
+    if chunks > 0:
+        claims = backfills_claim_ready(now=now, limit=min(limit, chunks))
+        claimed += len(claims)
+        if claims:
+            try:
+                jobs_send(claims=claims, queue=BULK_QUEUE)
+                sent += len(claims)
+            except BrokerUnavailable:
+                pass  # reverted; the next tick tries again
     if claimed:
         logger.info("Dispatched %d sync job(s)%s", sent, f", recovered {recovered}" if recovered else "")
     # Each completed tick is the scheduler's sign of life (/readyz, the Settings page's banner).

@@ -12,13 +12,13 @@ import os
 from collections import defaultdict
 from datetime import datetime
 
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Min
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from adsync.celery import app as celery_app
-from connections.models import RUNNABLE_STATUSES, SYNC_INTERVALS, Connection, Provider, SyncStatus
-from connections.status import FRESHNESS_GRACE_MIN, Freshness
+from connections.models import RUNNABLE_STATUSES, Connection, Provider, SyncStatus
+from connections.status import Freshness, freshness_filters
 from syncing.budget import Budget, budgets_used
 from syncing.health import broker_redis
 from syncing.models import Heartbeat, SyncCounter
@@ -178,27 +178,12 @@ def _bound(bound: float) -> str:
 
 
 def connections_by_freshness(*, now: datetime) -> dict[str, int]:
-    """connections.status.connection_freshness counted in one aggregate query, not row by row."""
-    aggregates = {Freshness.NEVER: Count("pk", filter=Q(last_sync_completed_at__isnull=True))}
-    aggregates[Freshness.PAUSED] = Count("pk", filter=Q(last_sync_completed_at__isnull=False, paused_at__isnull=False))
-    completed = Q(last_sync_completed_at__isnull=False, paused_at__isnull=True)
-    unscheduled = [f for f, interval in SYNC_INTERVALS.items() if interval is None]
-    aggregates[Freshness.UNSCHEDULED] = Count("pk", filter=completed & Q(sync_frequency__in=unscheduled))
-    on_time, delayed, stale = Q(pk__in=[]), Q(pk__in=[]), Q(pk__in=[])
-    for frequency, interval in SYNC_INTERVALS.items():
-        if interval is None:
-            continue
-        grace = max(FRESHNESS_GRACE_MIN, interval / 10)
-        one, two = now - (interval + grace), now - (2 * interval + grace)
-        this = completed & Q(sync_frequency=frequency)
-        on_time |= this & Q(last_sync_completed_at__gte=one)
-        delayed |= this & Q(last_sync_completed_at__lt=one, last_sync_completed_at__gte=two)
-        stale |= this & Q(last_sync_completed_at__lt=two)
-    aggregates[Freshness.ON_TIME] = Count("pk", filter=on_time)
-    aggregates[Freshness.DELAYED] = Count("pk", filter=delayed)
-    aggregates[Freshness.STALE] = Count("pk", filter=stale)
-    counts = Connection.objects.aggregate(**aggregates)
-    return {str(label): counts[label] for label in Freshness.values}
+    """connections.status.connection_freshness counted in one aggregate query, not row by row
+    (its rule as database filters: connections.status.freshness_filters)."""
+    counts = Connection.objects.aggregate(
+        **{str(label): Count("pk", filter=condition) for label, condition in freshness_filters(now).items()}
+    )
+    return {str(label): counts[str(label)] for label in Freshness.values}
 
 
 def active_budgets() -> dict[str, Budget]:

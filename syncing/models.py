@@ -1,3 +1,4 @@
+import uuid
 from typing import TypedDict
 
 from django.db import models
@@ -63,6 +64,7 @@ class SyncOutcome(models.TextChoices):
     RETRYING = "retrying", "Retrying"
     RATE_LIMITED = "rate_limited", "Rate limited"
     INTERRUPTED = "interrupted", "Interrupted"
+    CANCELLED = "cancelled", "Cancelled"
 
 
 class JobStatus(models.TextChoices):
@@ -75,6 +77,7 @@ class JobStatus(models.TextChoices):
     FAILED = "failed", "Failed"
     RATE_LIMITED = "rate_limited", "Rate limited"
     INTERRUPTED = "interrupted", "Interrupted"
+    CANCELLED = "cancelled", "Cancelled"
 
 
 class SyncWindow(models.TextChoices):
@@ -86,6 +89,8 @@ class SyncRun(models.Model):
     """One attempt to sync one connection: the history behind the connection's counters."""
 
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="sync_runs")
+    # The run's id in URLs and the API (a job's retries share its job_id; the pk stays internal).
+    public_id = models.UUIDField(default=uuid.uuid4, editable=False)
     job_id = models.UUIDField()
     trigger = models.CharField(max_length=16, choices=SyncTrigger.choices)
     window = models.CharField(max_length=16, choices=SyncWindow.choices, default=SyncWindow.RECENT)
@@ -112,6 +117,8 @@ class SyncRun(models.Model):
                 condition=Q(finished_at__isnull=True) | Q(finished_at__gte=F("started_at")),
                 name="syncing_syncrun_finished_after_start",
             ),
+            # The API's lookup of one run (connections.api, syncing.selectors.sync_run_for_connection).
+            models.UniqueConstraint(fields=["public_id"], name="syncing_syncrun_unique_public_id"),
         ]
         indexes = [
             # History of one connection, newest first (API, admin, sync_status).
@@ -253,3 +260,143 @@ class PlatformScope(models.Model):
 
     def __str__(self) -> str:
         return self.scope
+
+
+class SyncChange(models.Model):
+    """One metric row a run inserted or changed, with its values before and after: the change ledger.
+
+    syncing.persist writes it with the metrics, in the same statement on PostgreSQL and the same
+    transaction on SQLite, so a run's changes are exactly its rows_written; unchanged rows leave
+    none. It goes with its run (CASCADE), so it is kept exactly as long as the runs are.
+    """
+
+    run = models.ForeignKey(
+        SyncRun,
+        on_delete=models.CASCADE,
+        related_name="changes",
+        # The unique constraint below starts with the run, so it serves the run's lookups and
+        # the cascade from sync_runs_prune; a second index on run alone would only cost writes.
+        db_index=False,
+    )
+    level = models.CharField(max_length=16, choices=MetricLevel.choices)
+    entity_id = models.CharField(max_length=64)
+    entity_name = models.CharField(max_length=400, blank=True, default="")
+    date = models.DateField()
+    # A row the run inserted: every old value is null.
+    added = models.BooleanField()
+    # A stored value of a day before yesterday (in the account's time zone when the run
+    # started) changed: the platform restated it (attribution), rather than the day still
+    # filling up. Never an added row: a first sync backfills weeks of those.
+    restated = models.BooleanField()
+    # Only the fields that changed, as {"conversions": ["41", "44"]}: old and new as strings
+    # (decimals exact, trailing zeros trimmed), old null for an added row.
+    diff = models.JSONField()
+
+    class Meta:
+        db_table = "sync_changes"
+        constraints = [
+            # One row per metric row per run; in this order it also serves the run's changes in
+            # date order (syncing.selectors.sync_changes_for_run) and their summary by day.
+            models.UniqueConstraint(fields=["run", "date", "level", "entity_id"], name="syncing_syncchange_unique_row"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.entity_name or self.entity_id} {self.date}"
+
+
+class BackfillStatus(models.TextChoices):
+    PENDING = "pending", "Pending"  # no day fetched yet
+    RUNNING = "running", "Running"  # some days fetched, more to go
+    DONE = "done", "Done"
+    CANCELLED = "cancelled", "Cancelled"
+    FAILED = "failed", "Failed"
+
+
+# A backfill the dispatcher still claims chunks of; at most one per connection.
+BACKFILL_ACTIVE = (BackfillStatus.PENDING, BackfillStatus.RUNNING)
+
+
+class Backfill(models.Model):
+    """A re-sync of a chosen date range of one connection (syncing.services.backfill_request).
+
+    It runs as chunks of `backfill_chunk_days` (the provider's), each an ordinary sync job of the
+    connection with the trigger "backfill", newest days first, so recent history lands first.
+    `cursor` is the newest day not fetched yet: it starts at `until`, and every finished chunk
+    moves it to the day before the chunk's first day; the backfill is done once it passes `since`
+    (cursor = since - 1 day). Whether a chunk is in flight is the connection's state (queued or
+    syncing with queued_trigger "backfill"), not a status here, so nothing here can be left
+    "running" by a dead worker: recovery returns the connection, and the chunk runs again.
+    """
+
+    public_id = models.UUIDField(default=uuid.uuid4, editable=False)
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="backfills")
+    # Days in the ad account's time zone, like DailyMetric.date.
+    since = models.DateField()
+    until = models.DateField()
+    status = models.CharField(max_length=16, choices=BackfillStatus.choices, default=BackfillStatus.PENDING)
+    cursor = models.DateField()
+    days_total = models.PositiveIntegerField()
+    days_done = models.PositiveIntegerField(default=0)
+    # The earliest the next chunk may be claimed: the spacing after a chunk, a rate budget or a
+    # platform throttle, a transient failure's backoff. Only the backfill waits, never the
+    # connection's own schedule.
+    not_before = models.DateTimeField()
+    # Transient failures in a row (reset by a chunk that succeeds); the backoff grows with them.
+    failures = models.PositiveSmallIntegerField(default=0)
+    # Why the backfill failed, or why its next chunk waits (a throttle, a temporary failure).
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "backfills"
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["public_id"], name="syncing_backfill_unique_public_id"),
+            # One active backfill per connection: asking again returns it (backfill_request). Also
+            # the index behind "the connection's active backfill" (sync_start, backfill_request).
+            models.UniqueConstraint(
+                fields=["connection"],
+                condition=Q(status__in=BACKFILL_ACTIVE),
+                name="syncing_backfill_one_active_per_connection",
+            ),
+            models.CheckConstraint(condition=Q(since__lte=F("until")), name="syncing_backfill_since_not_after_until"),
+            models.CheckConstraint(condition=Q(cursor__lte=F("until")), name="syncing_backfill_cursor_within_range"),
+            models.CheckConstraint(
+                condition=Q(days_done__lte=F("days_total")), name="syncing_backfill_done_within_total"
+            ),
+            models.CheckConstraint(condition=Q(status__in=BackfillStatus.values), name="syncing_backfill_status_valid"),
+            # Finished exactly when it is over.
+            models.CheckConstraint(
+                condition=Q(status__in=BACKFILL_ACTIVE, finished_at__isnull=True)
+                | (~Q(status__in=BACKFILL_ACTIVE) & Q(finished_at__isnull=False)),
+                name="syncing_backfill_finished_when_over",
+            ),
+        ]
+        indexes = [
+            # syncing.dispatcher.backfills_claim_ready, on every tick: only active backfills, so
+            # the check costs as many rows as backfills are in progress, whatever the history.
+            models.Index(
+                fields=["not_before"], condition=Q(status__in=BACKFILL_ACTIVE), name="syncing_backfill_ready_idx"
+            ),
+            # syncing.selectors.backfills_for_connection: a connection's backfills, newest first.
+            models.Index(fields=["connection", "-created_at"], name="syncing_backfill_conn_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.connection_id} {self.since}..{self.until} {self.status}"
+
+    @property
+    def active(self) -> bool:
+        return self.status in BACKFILL_ACTIVE
+
+    @property
+    def progress(self) -> float:
+        """Days done as a fraction of the range, 0.0 to 1.0."""
+        return self.days_done / self.days_total if self.days_total else 1.0
+
+    @property
+    def progress_text(self) -> str:
+        """ "12 of 90 days" ("1 of 1 day")."""
+        noun = "day" if self.days_total == 1 else "days"
+        return f"{self.days_done} of {self.days_total} {noun}"

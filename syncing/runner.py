@@ -19,18 +19,22 @@ from django.db import InterfaceError, OperationalError
 from django.db import connection as db
 from django.utils import timezone
 
-from syncing.budget import CallMeter
+from syncing.meter import CallMeter, release_connection
 from syncing.models import SyncOutcome
 from syncing.providers import provider_for
 from syncing.providers.base import (
     PermanentError,
     ProviderError,
+    SyncCancelled,
     ThrottledError,
     TransientProviderError,
 )
 from syncing.scopes import connection_scopes
 from syncing.services import (
     StartedSync,
+    backfill_budgets,
+    sync_cancel,
+    sync_cancel_requested,
     sync_defer,
     sync_fail,
     sync_finish,
@@ -99,12 +103,16 @@ def connection_sync_run(*, connection_id: int, job_id: uuid.UUID, attempt: int =
     deadline = time.monotonic() + settings.SYNC_TASK_SOFT_TIME_LIMIT
     # No database connection is held while the platform answers: with a pool (DB_POOL_MAX_SIZE)
     # tens of syncs in flight share a few connections, each taken only for a write.
-    _release_connection()
+    release_connection()
     meter: CallMeter | None = None
     try:
         provider = provider_for(connection.provider)
+        budgets = provider.budgets(external_account_id=connection.external_account_id)
+        if started.backfill is not None:
+            # A backfill's chunk stops short of the share its regular syncs keep in each budget.
+            budgets = backfill_budgets(budgets=budgets)
         meter = CallMeter(
-            provider.budgets(external_account_id=connection.external_account_id),
+            budgets,
             clock=timezone.now,
             deadline=deadline,
             allowed_seconds=settings.SYNC_TASK_SOFT_TIME_LIMIT,
@@ -115,16 +123,23 @@ def connection_sync_run(*, connection_id: int, job_id: uuid.UUID, attempt: int =
             ),
             usage_window=provider.usage_window,
             connection_id=connection.pk,
+            cancelled=lambda: sync_cancel_requested(started=started),
         )
         result = provider.fetch(
             connection=connection, since=started.since, until=started.until, now=started.started_at, meter=meter
         )
+    except SyncCancelled:
+        return _cancelled(started, meter)
     except TransientProviderError as exc:
         if meter is not None and meter.past_deadline():
             # A call that timed out at the deadline: the sync is out of time, not worth a retry now.
             return _failed(started, meter.deadline_error(), meter)
-        if attempt < max_retries:
-            _retry_later(started, exc, meter)
+        # A backfill's chunk is not retried here: the backfill tries it again after a backoff
+        # (sync_fail), without holding the connection queued, and its regular syncs back, meanwhile.
+        if attempt < max_retries and started.backfill is None:
+            if not _retry_later(started, exc, meter):
+                # Not requeued: cancelled meanwhile.
+                return _cancelled(started, meter)
             raise RetryLater(retry_backoff(attempt)) from exc
         return _failed(started, exc, meter)
     except ThrottledError as exc:
@@ -173,14 +188,12 @@ def connection_sync_run(*, connection_id: int, job_id: uuid.UUID, attempt: int =
         error = PermanentError("Could not store the fetched metrics; the operators have the details.")
         return _failed(started, error, meter)
     if written is None:
+        if _with_database(lambda: sync_cancel_requested(started=started)):
+            # Cancelled after the last call: the rows fetched are dropped, as promised.
+            return _cancelled(started, meter)
         logger.warning("Job %s for connection %s was recovered while running; discarded", job_id, connection_id)
         return None
     return SyncOutcome.SUCCESS
-
-
-def _release_connection() -> None:
-    if getattr(db, "pool", None) is not None:
-        db.close()  # back to the pool; the next query takes one again
 
 
 def _calls(meter: CallMeter | None) -> int:
@@ -193,7 +206,12 @@ def _failed(started: StartedSync, error: ProviderError, meter: CallMeter | None)
     return SyncOutcome.ERROR
 
 
-def _retry_later(started: StartedSync, error: ProviderError, meter: CallMeter | None) -> None:
-    _with_database(
+def _retry_later(started: StartedSync, error: ProviderError, meter: CallMeter | None) -> bool:
+    return _with_database(
         lambda: sync_requeue_for_retry(started=started, error=error, now=timezone.now(), api_calls=_calls(meter))
     )
+
+
+def _cancelled(started: StartedSync, meter: CallMeter | None) -> str:
+    _with_database(lambda: sync_cancel(started=started, now=timezone.now(), api_calls=_calls(meter)))
+    return SyncOutcome.CANCELLED

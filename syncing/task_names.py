@@ -6,6 +6,9 @@ send by them. No imports, so that adsync/settings.py can import this before Djan
 SYNC_TASK_NAME = "syncing.sync_connection"
 DISPATCH_TASK_NAME = "syncing.dispatch_due_syncs"
 PRUNE_TASK_NAME = "syncing.prune_sync_runs"
+# The alerts app's (alerts/tasks.py): the evaluator beat fires, and one alert delivery attempt.
+ALERTS_EVALUATE_TASK_NAME = "alerts.evaluate"
+ALERTS_DELIVER_TASK_NAME = "alerts.deliver"
 
 # The queues the sync worker consumes (-Q sync_jobs,sync_bulk). sync_jobs, the spec's queue, holds
 # Sync Now and realtime jobs; sync_bulk the other scheduled ones (every 30 min, hourly, daily).

@@ -157,3 +157,81 @@ def sync_now_url(connection) -> str:
 
 
 JSON = {"HTTP_ACCEPT": "application/json"}
+
+
+def connections_bulk(workspace, count: int, *, now: datetime, provider: str = "demo", prefix: str = "Account") -> list:
+    """`count` connections in one INSERT, each as connection_create makes it (idle, scheduled
+    from its frequency): the page's tests need hundreds, and one by one is seconds of setup.
+    Frequencies cycle through the five; names sort in creation order."""
+    from connections.models import SyncFrequency
+    from syncing import schedule
+
+    frequencies = list(SyncFrequency.values)
+    rows = []
+    for index in range(count):
+        frequency = frequencies[index % len(frequencies)]
+        connection = Connection(
+            workspace=workspace,
+            provider=provider,
+            external_account_id=f"{provider}-{index:04d}"
+            if prefix == "Account"
+            else f"{provider}-{prefix}-{index:04d}",
+            name=f"{prefix} {index:04d}",
+            credentials={},
+            sync_frequency=frequency,
+        )
+        connection.next_sync_at = schedule.next_sync_after_change(
+            frequency=frequency, last_attempted_at=None, public_id=connection.public_id, now=now
+        )
+        rows.append(connection)
+    return Connection.objects.bulk_create(rows)
+
+
+def agency_states(connections: list, *, now: datetime) -> dict[str, int]:
+    """Give bulk-made connections the mix an agency sees: most synced recently, some stale, a few
+    failing, some waiting for a reconnect, some queued, some paused. Returns how many of each."""
+    import uuid
+    from datetime import timedelta
+
+    from connections.models import PauseReason
+
+    groups: dict[str, list[int]] = {"auth": [], "error": [], "queued": [], "paused": [], "stale": [], "ok": []}
+    for index, connection in enumerate(connections):
+        kind = (
+            "auth"
+            if index % 29 == 3
+            else "error"
+            if index % 23 == 5
+            else "queued"
+            if index % 31 == 7
+            else "paused"
+            if index % 37 == 11
+            else "stale"
+            if index % 17 == 2 and connection.sync_frequency not in ("manual",)
+            else "ok"
+        )
+        groups[kind].append(connection.pk)
+    synced = {"last_sync_attempted_at": now - timedelta(seconds=20), "total_syncs_attempted": 40}
+    Connection.objects.filter(pk__in=groups["ok"]).update(
+        **synced, last_sync_completed_at=now - timedelta(seconds=18), total_syncs_with_changes=9
+    )
+    Connection.objects.filter(pk__in=groups["stale"]).update(
+        last_sync_attempted_at=now - timedelta(days=3), last_sync_completed_at=now - timedelta(days=3)
+    )
+    Connection.objects.filter(pk__in=groups["auth"]).update(
+        **synced,
+        last_sync_completed_at=now - timedelta(minutes=2),
+        sync_status="error",
+        last_sync_error="Meta said the access token has expired. Reconnect the account.",
+        last_sync_error_kind="auth",
+        next_sync_at=None,
+    )
+    Connection.objects.filter(pk__in=groups["error"]).update(
+        **synced, sync_status="error", last_sync_error="The ad account is disabled.", last_sync_error_kind="permanent"
+    )
+    for pk in groups["queued"]:
+        Connection.objects.filter(pk=pk).update(sync_status="queued", job_id=uuid.uuid4(), queued_at=now)
+    Connection.objects.filter(pk__in=groups["paused"]).update(
+        paused_at=now, pause_reason=PauseReason.USER, next_sync_at=None
+    )
+    return {kind: len(pks) for kind, pks in groups.items()}

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from adsync.wsgi import application
 from connections.models import Connection, SyncFrequency
 from connections.services import api_token_issue
+from syncing.models import SyncRun
 from syncing.providers.base import PermanentError, ThrottledError
 from syncing.services import connection_enqueue_sync, sync_defer, sync_fail, sync_finish, sync_start
 from tests.test_state_machine import some_rows
@@ -89,13 +90,20 @@ def api_key(transactional_db, broker, owner, make_connection, other_workspace) -
     _, key = api_token_issue(user=owner)
     KNOWN_IDS["connection_id"][:] = [str(c.public_id) for c in [*mine, theirs]]
     KNOWN_IDS["job_id"][:] = [str(job) for job in jobs]
+    # Every run with its own connection (the idle one's two syncs wrote changes).
+    KNOWN_RUNS[:] = [
+        {"connection_id": str(connection_id), "run_id": str(run_id)}
+        for connection_id, run_id in SyncRun.objects.values_list("connection__public_id", "public_id")
+    ]
     yield key
     for known in KNOWN_IDS.values():
         known.clear()
+    KNOWN_RUNS.clear()
 
 
 # The ids the seeded fixture made, read by the hook below while it draws path parameters.
 KNOWN_IDS: dict[str, list[str]] = {"connection_id": [], "job_id": []}
+KNOWN_RUNS: list[dict[str, str]] = []
 
 # Loaded when this module is imported (the schema view needs no database); the plugin makes one
 # test per operation from it. (schemathesis.pytest.from_fixture would load it in a fixture, but
@@ -106,6 +114,10 @@ schema = schemathesis.openapi.from_wsgi("/api/schema/", application, config=CONF
 @schema.hook
 def flatmap_path_parameters(context, path_parameters):
     """Mostly ids that exist, so the success answers are checked too; sometimes the generated one."""
+    if KNOWN_RUNS and "run_id" in (path_parameters or {}):
+        # A run's path needs its own connection too, or every real run id answers 404.
+        real = st.sampled_from(list(KNOWN_RUNS)).map(lambda ids: {**path_parameters, **ids})
+        return st.one_of(real, real, real, st.just(path_parameters))
     for name, known in KNOWN_IDS.items():
         if known and name in (path_parameters or {}):
             real = st.sampled_from(list(known)).map(lambda value, name=name: {**path_parameters, name: value})

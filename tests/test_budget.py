@@ -4,13 +4,13 @@ import pytest
 
 from syncing.budget import (
     Budget,
-    CallMeter,
     api_call_buckets_prune,
     budget_available_at,
     budget_try_spend,
     budget_used,
     budgets_used,
 )
+from syncing.meter import CallMeter
 from syncing.models import ApiCallBucket
 from syncing.providers.base import ThrottledError
 from tests.conftest import run_concurrently

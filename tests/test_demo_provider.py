@@ -5,7 +5,7 @@ from itertools import pairwise
 import pytest
 
 from connections.models import Connection
-from syncing.budget import CallMeter
+from syncing.meter import CallMeter
 from syncing.providers import PROVIDERS, provider_for
 from syncing.providers.base import AuthError, PermanentError, ThrottledError, TransientProviderError
 from syncing.providers.demo import DemoProvider

@@ -16,7 +16,7 @@ from facebook_business.adobjects.adaccount import AdAccount
 from facebook_business.exceptions import FacebookBadParameterError
 
 from connections.models import SyncFrequency
-from syncing.budget import CallMeter
+from syncing.meter import CallMeter
 from syncing.models import ApiCallBucket, DailyMetric, SyncRun
 from syncing.providers.base import ThrottledError, TransientProviderError
 from syncing.providers.meta import RECONNECT_MESSAGE, MetaProvider

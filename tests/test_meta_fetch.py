@@ -14,7 +14,7 @@ import pytest
 from django.db.models import Sum
 
 from connections.models import Connection, SyncFrequency
-from syncing.budget import CallMeter
+from syncing.meter import CallMeter
 from syncing.models import ApiCallBucket, DailyMetric, SyncRun
 from syncing.providers.base import decimal_exact
 from syncing.providers.meta import MetaProvider

@@ -177,6 +177,13 @@ def test_freshness_counts_match_the_page(make_connection):
             connection = make_connection(sync_frequency=frequency)
             completed = None if age is None else NOW - timedelta(seconds=age * (120 if frequency == "hourly" else 1))
             Connection.objects.filter(pk=connection.pk).update(last_sync_completed_at=completed)
+    # Failing and paused ones too: never "on time" while the last attempt failed.
+    failing = make_connection(sync_frequency=SyncFrequency.REALTIME)
+    Connection.objects.filter(pk=failing.pk).update(last_sync_completed_at=NOW, sync_status="error")
+    paused = make_connection(sync_frequency=SyncFrequency.HOURLY)
+    Connection.objects.filter(pk=paused.pk).update(
+        last_sync_completed_at=NOW, paused_at=NOW, pause_reason="user", next_sync_at=None
+    )
     expected: dict[str, int] = {}
     for connection in Connection.objects.all():
         label = connection_freshness(connection, NOW)
@@ -185,7 +192,8 @@ def test_freshness_counts_match_the_page(make_connection):
     counts = connections_by_freshness(now=NOW)
 
     assert {label: n for label, n in counts.items() if n} == expected
-    assert sum(counts.values()) == 15
+    assert (counts["delayed"], counts["paused"]) == (expected.get("delayed", 0), 1)
+    assert sum(counts.values()) == 17
 
 
 @pytest.mark.slow

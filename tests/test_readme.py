@@ -21,7 +21,7 @@ def _mapped() -> set[str]:
 
 def _modules() -> set[str]:
     files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "adsync", "connections", "syncing"],
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "adsync", "alerts", "connections", "syncing"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -238,7 +238,12 @@ def test_settings_forms_post_to_the_connection_urls(owner, connection):
     assert (frequency_form.attrs["method"], frequency_form.attrs["action"]) == ("post", frequency_url(connection))
     assert (sync_form.attrs["method"], sync_form.attrs["action"]) == ("post", sync_now_url(connection))
     assert frequency_form.one("button", type="submit").text() == "Save"
-    assert sync_form.one("button", type="submit").text() == "Sync Now"
+    # Sync Now, with Pause and Resume (one shown at a time) posting to their own URLs.
+    assert [(b.text(), b.attrs.get("formaction"), "hidden" in b.attrs) for b in sync_form.find_all("button")] == [
+        ("Sync Now", None, False),
+        ("Pause", f"/settings/connections/{connection.public_id}/pause", False),
+        ("Resume", f"/settings/connections/{connection.public_id}/resume", True),
+    ]
     assert "data-async" in frequency_form.attrs
     assert "data-async" in sync_form.attrs
     assert form_fields(frequency_form)["csrfmiddlewaretoken"]
@@ -271,7 +276,14 @@ def test_settings_empty_state_for_user_without_connections(outsider):
 
     empty = doc.one("section", class_="empty")
     assert empty.one("h2").text() == "No connected ad accounts yet"
-    assert empty.one("code").text() == "python manage.py seed_demo"
+    # What to do first: connect an account; demo data only as the command that adds it to *this* login.
+    assert [form.one("button").text() for form in empty.find_all("form", class_="connect-form")] == [
+        "Connect Meta account",
+        "Connect Google Ads account",
+    ]
+    assert empty.one("code").text() == "python manage.py seed_demo --username charlie"
+    # Not staff: no admin link.
+    assert empty.find_all("a") == []
     assert doc.find_all("div", class_="connections") == []
     assert doc.find_all("section", class_="connection") == []
 

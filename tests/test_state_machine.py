@@ -598,7 +598,7 @@ def test_every_provider_error_kind_is_a_stored_kind():
         cls.error_class for cls in vars(base).values() if isinstance(cls, type) and issubclass(cls, base.ProviderError)
     }
     assert kinds <= set(ErrorKind.values)
-    assert kinds == {"auth", "permanent", "transient", "throttled"}
+    assert kinds == {"auth", "permanent", "transient", "throttled", "cancelled"}
 
 
 @pytest.mark.django_db

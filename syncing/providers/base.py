@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     import httpx
 
     from connections.models import Connection
-    from syncing.budget import Budget, CallMeter
+    from syncing.budget import Budget
+    from syncing.meter import CallMeter
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,16 @@ class DeadlineExceeded(ProviderError):
     error_class = "transient"
 
 
+CANCELLED_MESSAGE = "Cancelled while running; nothing it fetched was written."
+
+
+class SyncCancelled(ProviderError):
+    """Someone cancelled the sync (syncing.services.connection_cancel_sync): the meter stops it
+    before its next platform call, and nothing it fetched is written."""
+
+    error_class = "cancelled"
+
+
 class ThrottledError(ProviderError):
     """The platform asked us to slow down; resume at `until` (None: the provider's default).
 
@@ -136,6 +147,12 @@ class PermanentError(ProviderError):
 class Provider(Protocol):
     slug: str
     label: str
+    # How far back the platform keeps daily campaign metrics, in days: the oldest day a backfill
+    # may ask for is today (in the account's time zone) minus this (syncing.services.backfill_request).
+    history_days: int
+    # Days per backfill chunk: what one request of the platform answers comfortably, so a chunk is
+    # one call against the rate budget (and one sync job of the connection).
+    backfill_chunk_days: int
 
     @property
     def default_lookback_days(self) -> int:

@@ -57,6 +57,9 @@ class DemoProvider:
     slug = "demo"
     label = "Demo"
     default_lookback_days = 7
+    # A year of made-up history; a week per chunk, like Meta's.
+    history_days = 365
+    backfill_chunk_days = 7
 
     def budgets(self, *, external_account_id: str) -> list:
         return []

@@ -8,7 +8,6 @@ import logging
 from django.conf import settings
 from django.utils import timezone
 
-from syncing.budget import CallMeter
 from syncing.providers.base import PermanentError, ProviderError
 from syncing.providers.google.errors import (
     DEVELOPER_TOKEN_REFUSED,
@@ -77,6 +76,9 @@ def google_customers_accessible(
     """
     require_configured()
     sdk = google_ads_sdk()
+    # Imported here: syncing.budget imports the providers' base, whose package imports this one.
+    from syncing.meter import CallMeter
+
     meter = CallMeter([app_budget()], clock=clock)
     bearer = call_metadata(bearer=access_token, login_customer_id=None)
     try:

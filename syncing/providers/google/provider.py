@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.utils import timezone
 
-from syncing.budget import Budget, CallMeter
+from syncing.budget import Budget
 from syncing.providers import values
 from syncing.providers.base import (
     AccountListing,
@@ -46,6 +46,9 @@ from syncing.providers.google.sdk import (
 from syncing.providers.values import UnreadableValue
 from syncing.scopes import GOOGLE_DEVELOPER_TOKEN, google_customer_scope
 
+if TYPE_CHECKING:
+    from syncing.meter import CallMeter
+
 logger = logging.getLogger(__name__)
 
 PLATFORM = "Google Ads"
@@ -72,6 +75,10 @@ class GoogleProvider:
     slug = "google"
     label = "Google"
     connect_info = GOOGLE_CONNECT
+    # Google Ads keeps campaign performance with segments.date for 11 years.
+    history_days = 11 * 365
+    # One GAQL search_stream per chunk: a month of daily campaign rows is one streamed query.
+    backfill_chunk_days = 31
 
     @property
     def default_lookback_days(self) -> int:

@@ -77,6 +77,10 @@ class MetaProvider:
     slug = "meta"
     label = "Meta"
     connect_info = META_CONNECT
+    # Insights go back 37 months (about 1,125 days); further back Meta refuses the request.
+    history_days = 1125
+    # One insights request per chunk (CHUNK_DAYS), as a restatement's chunks.
+    backfill_chunk_days = CHUNK_DAYS
 
     @property
     def default_lookback_days(self) -> int:
