@@ -187,6 +187,16 @@ def connection_enqueue_sync(
         if current is None:
             raise Connection.DoesNotExist(f"connection {connection.pk} no longer exists")
         if current["sync_status"] in BUSY_STATUSES:
+            if (
+                trigger == SyncTrigger.MANUAL
+                and current["sync_status"] == SyncStatus.QUEUED
+                and current["queued_trigger"] == SyncTrigger.BACKFILL
+            ):
+                # A backfill chunk only waits for a slot: Sync Now takes its place (the backfill
+                # goes on; its chunk is claimed again later). A running chunk is returned, as any
+                # running job: it ends within one platform call or two.
+                connection_cancel_sync(connection=connection, now=now, trigger=SyncTrigger.BACKFILL)
+                continue
             return EnqueueResult(job_id=_owning_job(current["job_id"]), status=current["sync_status"], created=False)
         as_read: dict = {"sync_status": current["sync_status"]}
         if trigger == SyncTrigger.MANUAL:

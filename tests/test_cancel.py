@@ -24,6 +24,7 @@ from syncing.services import (
     CancelResult,
     connection_cancel_sync,
     connection_enqueue_sync,
+    connections_queue_claimed,
     sync_cancel,
     sync_requeue_for_retry,
     sync_start,
@@ -161,3 +162,19 @@ def test_cancelling_a_running_sync_flags_it(make_connection):
         job.job_id,
         NOW,
     )
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_sync_now_takes_the_place_of_a_queued_backfill_chunk(make_connection):
+    connection = make_connection()
+    [chunk_job] = connections_queue_claimed(ids=[connection.pk], now=NOW, trigger=SyncTrigger.BACKFILL).values()
+
+    result = connection_enqueue_sync(connection=connection, now=NOW + timedelta(seconds=1), send=False)
+
+    assert result.created is True
+    assert result.job_id != chunk_job
+    connection = reload(connection)
+    assert (connection.sync_status, connection.queued_trigger) == (SyncStatus.QUEUED, SyncTrigger.MANUAL)
+    cancelled = SyncRun.objects.get(job_id=chunk_job)
+    assert (cancelled.outcome, cancelled.trigger) == (SyncOutcome.CANCELLED, SyncTrigger.BACKFILL)
