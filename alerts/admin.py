@@ -3,7 +3,6 @@ from django.http import HttpRequest
 
 from alerts.models import AlertSettings, Delivery, Incident
 from alerts.services import alert_settings_save
-from alerts.transport import redacted_url
 from syncing.admin import ReadOnlyAdmin  # written by the engine only: no add, change or delete
 
 
@@ -71,7 +70,15 @@ class AlertSettingsAdmin(admin.ModelAdmin):
     list_display = ["workspace", "email_enabled", "webhook", "failure_threshold", "stale_multiplier", "updated_at"]
     list_select_related = ["workspace"]
     search_fields = ["workspace__name", "workspace__public_id"]
-    fields = ["workspace", "email_enabled", "email_recipients", "webhook", "failure_threshold", "stale_multiplier"]
+    fields = [
+        "workspace",
+        "email_enabled",
+        "email_recipients",
+        "webhook",
+        "failure_threshold",
+        "stale_multiplier",
+        "auto_pause_after",
+    ]
     readonly_fields = ["workspace", "email_recipients", "webhook"]
 
     def get_queryset(self, request: HttpRequest):
@@ -83,7 +90,8 @@ class AlertSettingsAdmin(admin.ModelAdmin):
 
     @admin.display(description="Webhook")
     def webhook(self, obj: AlertSettings) -> str:
-        return redacted_url(obj.webhook_url) if obj.webhook_url else "-"
+        # The host only: the URL itself is encrypted (it may be a secret) and not decrypted here.
+        return obj.webhook_host or "-"
 
     def save_model(self, request, obj, form, change):
         # Through the service, like the settings page (it keeps the webhook and its secret together).
@@ -94,4 +102,5 @@ class AlertSettingsAdmin(admin.ModelAdmin):
             webhook_url=obj.webhook_url,
             failure_threshold=obj.failure_threshold,
             stale_multiplier=obj.stale_multiplier,
+            auto_pause_after=obj.auto_pause_after,
         )

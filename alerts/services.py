@@ -76,7 +76,7 @@ def alert_settings_save(
     values: dict = {
         "email_enabled": email_enabled,
         "email_recipients": email_recipients,
-        "webhook_url": webhook_url,
+        "webhook_host": transport.redacted_url(webhook_url, path=False) if webhook_url else "",
         "failure_threshold": failure_threshold,
         "stale_multiplier": stale_multiplier,
         "auto_pause_after": auto_pause_after,
@@ -89,11 +89,10 @@ def alert_settings_save(
         with transaction.atomic():
             # Locked, so two saves at once cannot both create (and show) a secret.
             row = AlertSettings.objects.select_for_update().filter(workspace=workspace).first()
-            new_secret = _new_secret() if webhook_url and not (row and row.webhook_secret) else None
-            if not webhook_url:
-                values["webhook_secret"] = {}
-            elif new_secret:
-                values["webhook_secret"] = {"secret": new_secret}
+            secret = row.signing_secret if row is not None and row.webhook_host else ""
+            new_secret = _new_secret() if webhook_url and not secret else None
+            # The URL and the secret are one encrypted value, written together.
+            values["webhook_secret"] = {"url": webhook_url, "secret": new_secret or secret} if webhook_url else {}
             if row is not None:
                 AlertSettings.objects.filter(pk=row.pk).update(**values)
                 return new_secret
@@ -106,7 +105,6 @@ def alert_settings_save(
                 # (a value outside a check constraint) is the caller's error.
                 if not AlertSettings.objects.filter(workspace=workspace).exists():
                     raise
-                values.pop("webhook_secret", None)
     raise RuntimeError(f"the alert settings of workspace {workspace.pk} could not be saved")
 
 
@@ -114,13 +112,14 @@ def webhook_secret_rotate(*, workspace: Workspace) -> str:
     """A new signing secret, effective for the next attempt of every delivery; returned to be
     shown once. The old one stops working at once (update the receiver right after)."""
     secret = _new_secret()
-    rotated = (
-        AlertSettings.objects.filter(workspace=workspace)
-        .exclude(webhook_url="")
-        .update(webhook_secret={"secret": secret}, updated_at=timezone.now())
-    )
-    if not rotated:
-        raise ValidationError("Set a webhook URL first: the signing secret belongs to the webhook.")
+    with transaction.atomic():
+        # Locked: the URL is read and written back with the new secret (one encrypted value).
+        row = AlertSettings.objects.select_for_update().filter(workspace=workspace).exclude(webhook_host="").first()
+        if row is None:
+            raise ValidationError("Set a webhook URL first: the signing secret belongs to the webhook.")
+        AlertSettings.objects.filter(pk=row.pk).update(
+            webhook_secret={"url": row.webhook_url, "secret": secret}, updated_at=timezone.now()
+        )
     return secret
 
 
@@ -220,7 +219,7 @@ def _channels(alert_settings: AlertSettings) -> list[str]:
     channels: list[str] = []
     if alert_settings.email_enabled:
         channels.append(DeliveryChannel.EMAIL)
-    if alert_settings.webhook_url:
+    if alert_settings.webhook_host:
         channels.append(DeliveryChannel.WEBHOOK)
     return channels
 

@@ -58,12 +58,13 @@ def signature(*, secret: str, timestamp: int, body: bytes) -> str:
     return f"sha256={digest}"
 
 
-def redacted_url(url: str) -> str:
-    """scheme://host[:port]/… : enough to tell webhooks apart in a log without the path's token."""
+def redacted_url(url: str, *, path: bool = True) -> str:
+    """scheme://host[:port]/… : enough to tell webhooks apart in a log without the path's token
+    (with path=False, without the "/…" either)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
-    suffix = "/…" if parts.path.strip("/") or parts.query else ""
+    suffix = "/…" if path and (parts.path.strip("/") or parts.query) else ""
     return f"{parts.scheme}://{host}{port}{suffix}"
 
 

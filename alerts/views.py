@@ -68,7 +68,7 @@ def _page(
             workspace=workspace,
             form=bound.get(workspace.pk)
             or _form(workspace, initial=AlertSettingsForm.initial_for(saved[workspace.pk])),
-            has_webhook=bool(saved[workspace.pk].webhook_url),
+            has_webhook=bool(saved[workspace.pk].webhook_host),
             default_recipients=emails[workspace.pk],
             incidents=recent[workspace.pk],
             new_secret=new_secret.get(workspace.pk, ""),

@@ -393,3 +393,28 @@ def test_worker_delivers_the_webhook_retrying_a_500(make_connection, workspace, 
     assert (body["event"], body["connection"]["id"]) == ("incident.opened", str(connection.public_id))
     delivery = Delivery.objects.get()
     assert (delivery.attempts, delivery.last_http_status, delivery.last_error) == (2, 200, "")
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_the_webhook_url_is_encrypted_at_rest_and_kept_through_a_rotation(workspace):
+    from django.db import connection as db
+
+    from alerts.models import AlertSettings
+    from alerts.services import webhook_secret_rotate
+
+    url = "https://hooks.example.com/services/T000/B000/XXXXSECRETXXXX"
+    secret = webhook_to(workspace, url)
+
+    row = AlertSettings.objects.get(workspace=workspace)
+    assert (row.webhook_url, row.webhook_host, row.signing_secret) == (url, "https://hooks.example.com", secret)
+    with db.cursor() as cursor:
+        cursor.execute("SELECT * FROM alert_settings WHERE workspace_id = %s", [workspace.pk])
+        stored = " ".join(str(value) for value in cursor.fetchone())
+    assert "XXXXSECRETXXXX" not in stored
+    assert secret not in stored
+
+    rotated = webhook_secret_rotate(workspace=workspace)
+
+    row.refresh_from_db()
+    assert (row.webhook_url, row.signing_secret) == (url, rotated)
