@@ -223,7 +223,7 @@ SYNC_TASK_SOFT_TIME_LIMIT = SYNC_TASK_TIME_LIMIT - 5
 # this long at a time until its answer lifts the throttle (syncing.scopes).
 SYNC_THROTTLE_PROBE_WAIT = envint("SYNC_THROTTLE_PROBE_WAIT", 10, minimum=1)
 # A sync's own deadline, SYNC_TASK_SOFT_TIME_LIMIT after it starts, is enforced by the runner
-# (syncing.budget.CallMeter): no platform call starts after it and each call's timeout ends at it,
+# (syncing.meter.CallMeter): no platform call starts after it and each call's timeout ends at it,
 # so it holds on the threads pool too, where Celery's time limits do not apply.
 # A job queued this long without starting is taken as lost (broker flushed, message dropped).
 # At least the longest retry backoff (60 s) plus headroom: a job waiting for its retry is queued.

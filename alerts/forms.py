@@ -51,9 +51,11 @@ class AlertSettingsForm(forms.Form):
         label="Webhook URL",
         widget=forms.URLInput(attrs={"placeholder": "https://example.com/adsync-alerts", "spellcheck": "false"}),
         help_text=(
-            "AdSync POSTs each alert as JSON, signed with HMAC-SHA256 (X-AdSync-Signature). Leave empty for no webhook."
+            "AdSync POSTs each alert as JSON, signed with HMAC-SHA256 (X-AdSync-Signature). The URL is stored "
+            "encrypted and not shown again (it may hold a token): leave it empty to keep the one set."
         ),
     )
+    remove_webhook = forms.BooleanField(required=False, label="Remove the webhook")
     failure_threshold = forms.IntegerField(
         min_value=FAILURE_THRESHOLD_MIN,
         max_value=FAILURE_THRESHOLD_MAX,
@@ -103,7 +105,6 @@ class AlertSettingsForm(forms.Form):
         return {
             "email_enabled": alert_settings.email_enabled,
             "email_recipients": "\n".join(alert_settings.email_recipients),
-            "webhook_url": alert_settings.webhook_url,
             "failure_threshold": alert_settings.failure_threshold,
             "stale_multiplier": alert_settings.stale_multiplier,
             "auto_pause_after": alert_settings.auto_pause_after,

@@ -108,6 +108,12 @@ def alert_settings_save(
     raise RuntimeError(f"the alert settings of workspace {workspace.pk} could not be saved")
 
 
+def alert_settings_webhook_url(*, workspace: Workspace) -> str:
+    """The workspace's webhook URL, decrypted ("" without one): kept when a save leaves it empty."""
+    row = AlertSettings.objects.filter(workspace=workspace).exclude(webhook_host="").first()
+    return row.webhook_url if row is not None else ""
+
+
 def webhook_secret_rotate(*, workspace: Workspace) -> str:
     """A new signing secret, effective for the next attempt of every delivery; returned to be
     shown once. The old one stops working at once (update the receiver right after)."""

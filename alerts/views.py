@@ -28,7 +28,7 @@ from alerts.selectors import (
     workspace_get_for_user,
     workspaces_for_user,
 )
-from alerts.services import alert_settings_save, webhook_secret_rotate
+from alerts.services import alert_settings_save, alert_settings_webhook_url, webhook_secret_rotate
 from connections.models import Workspace
 from connections.request_user import signed_in_user
 
@@ -41,6 +41,8 @@ class WorkspaceSection:
     workspace: Workspace
     form: AlertSettingsForm
     has_webhook: bool
+    # The webhook's scheme and host, all the page shows of it ("" without one).
+    webhook_host: str
     default_recipients: list[str]
     incidents: list[Incident]
     new_secret: str = ""
@@ -69,6 +71,7 @@ def _page(
             form=bound.get(workspace.pk)
             or _form(workspace, initial=AlertSettingsForm.initial_for(saved[workspace.pk])),
             has_webhook=bool(saved[workspace.pk].webhook_host),
+            webhook_host=saved[workspace.pk].webhook_host,
             default_recipients=emails[workspace.pk],
             incidents=recent[workspace.pk],
             new_secret=new_secret.get(workspace.pk, ""),
@@ -108,7 +111,15 @@ def alert_settings_page(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         messages.error(request, f"{workspace.name}: the alert settings were not saved; see below.")
         return _page(request, workspaces, bound={workspace.pk: form}, new_secret={}, status=400)
-    secret = alert_settings_save(workspace=workspace, **form.cleaned_data)
+    fields = dict(form.cleaned_data)
+    # The URL is never shown again (it may hold a token): an empty field keeps the one set,
+    # and only "Remove the webhook" removes it.
+    remove = fields.pop("remove_webhook")
+    if remove:
+        fields["webhook_url"] = ""
+    elif not fields["webhook_url"]:
+        fields["webhook_url"] = alert_settings_webhook_url(workspace=workspace)
+    secret = alert_settings_save(workspace=workspace, **fields)
     messages.success(request, f"{workspace.name}: alert settings saved.")
     if secret is None:
         return redirect(back)

@@ -3,12 +3,11 @@ queued or running sync, stop or resume every automated sync of a workspace, and 
 range (backfills).
 
 Same rules as connections.api: every lookup is scoped to the user's workspaces (404 otherwise),
-UUIDs in URLs, the answer is the connection's sync status (or a count for a workspace).
+UUIDs in URLs. Pause and resume answer the sync status; cancel its result with the sync status;
+a workspace's stop and resume the counts; backfills the backfill.
 """
 
 from __future__ import annotations
-
-import uuid
 
 from django.core.exceptions import ValidationError
 from django.utils import timezone
@@ -28,7 +27,7 @@ from connections.api import (
     ConnectionApiView,
 )
 from connections.selectors import connections_for_user, workspace_get_for_user
-from connections.serializers import ErrorOut, SyncStatusOut
+from connections.serializers import ErrorOut, SyncStatusOut, UTCDateTimeField
 from connections.services import connection_pause, connection_resume, workspace_syncs_resume, workspace_syncs_stop
 from syncing.models import Backfill, BackfillStatus
 from syncing.selectors import backfill_get, backfills_for_connection
@@ -162,12 +161,12 @@ class BackfillOut(serializers.Serializer):
     days_done = serializers.IntegerField()
     days_total = serializers.IntegerField()
     progress_text = serializers.CharField(help_text='For example "12 of 90 days".')
-    not_before = serializers.DateTimeField(
+    not_before = UTCDateTimeField(
         allow_null=True, help_text="The earliest its next chunk may run (a budget or a throttle pushes it)."
     )
     last_error = serializers.CharField(allow_blank=True)
-    created_at = serializers.DateTimeField()
-    finished_at = serializers.DateTimeField(allow_null=True)
+    created_at = UTCDateTimeField()
+    finished_at = UTCDateTimeField(allow_null=True)
 
 
 BACKFILL_ID = OpenApiParameter(
@@ -212,7 +211,7 @@ class BackfillListView(ConnectionApiView):
         return Response(BackfillOut(backfill).data, status=status.HTTP_201_CREATED)
 
 
-class BackfillCancelView(APIView):
+class BackfillCancelView(ConnectionApiView):
     @extend_schema(
         operation_id="connections_backfills_cancel",
         request=None,
@@ -221,16 +220,9 @@ class BackfillCancelView(APIView):
         summary="Cancel a backfill (the days already fetched stay; a running chunk writes nothing)",
     )
     def post(self, request: Request, connection_id: str, backfill_id: str) -> Response:
-        connections = connections_for_user(user=request.user).filter(public_id__in=_uuid_or_none(connection_id))
+        connection = self.get_connection(request, connection_id)
+        connections = connections_for_user(user=request.user).filter(pk=connection.pk)
         backfill: Backfill = backfill_get(connections=connections, public_id=backfill_id)
         backfill_cancel(backfill=backfill, now=timezone.now())
         backfill.refresh_from_db()
         return Response(BackfillOut(backfill).data)
-
-
-def _uuid_or_none(value: str) -> list[str]:
-    """The id as a one-item filter list; nothing for a malformed one (which then names nothing)."""
-    try:
-        return [str(uuid.UUID(value))]
-    except ValueError:
-        return []

@@ -146,7 +146,8 @@ class SyncStatusOut(serializers.Serializer):
     freshness = serializers.ChoiceField(
         choices=Freshness.choices,
         read_only=True,
-        help_text="Judged against the schedule: on_time, delayed (older than one interval), stale (two).",
+        help_text="Judged against the schedule: on_time, delayed (older than one interval, or the last attempt "
+        "failed), stale (two); never (no completed sync), unscheduled (manual), paused.",
     )
     stats = serializers.CharField(read_only=True, help_text='For example "45 attempts | 12 changes (26.7%)".')
     paused = serializers.BooleanField(

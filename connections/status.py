@@ -74,7 +74,7 @@ def connection_freshness(connection: Connection, now: datetime) -> str:
 
 def freshness_filters(now: datetime) -> dict[str, Q]:
     """connection_freshness as one Q per value, for counting and filtering in the database (the
-    Settings page's overview; syncing.metrics may share it). Exactly one matches each row."""
+    Settings page's overview, and syncing.metrics' counts). Exactly one matches each row."""
     completed = Q(last_sync_completed_at__isnull=False, paused_at__isnull=True)
     unscheduled = [f for f, interval in SYNC_INTERVALS.items() if interval is None]
     on_time, delayed, stale = Q(pk__in=[]), Q(pk__in=[]), Q(pk__in=[])

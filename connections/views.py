@@ -150,7 +150,8 @@ def page_query(request: HttpRequest) -> PageQuery:
         workspace = workspace_get_for_user(user=signed_in_user(request), public_id=workspace_id)
     filters = ConnectionFilters(
         workspace=workspace,
-        search=request.GET.get("q", "").strip()[:100],
+        # (PostgreSQL text cannot hold a NUL: dropped rather than a 500.)
+        search=request.GET.get("q", "").replace("\x00", "").strip()[:100],
         provider=_choice(request, "provider", Provider.values, notices),
         frequency=_choice(request, "frequency", SyncFrequency.values, notices),
         status=_choice(request, "status", StatusFilter.values, notices),
@@ -607,7 +608,8 @@ def _run_line(run: SyncRun, connection: Connection, tz: tzinfo, return_to: str) 
 def connection_runs(request: HttpRequest, connection_id: str) -> HttpResponse:
     """A connection's last runs: the fragment the page's "Recent runs" loads when opened
     (?partial=1), or, for a browser without JavaScript, the same table as a page of its own.
-    Three queries however many runs (the session's two and the runs with their ledger counts)."""
+    Four queries however many runs (the session's two, the connection, and the runs with their
+    ledger counts)."""
     connection = connection_get_for_user(user=signed_in_user(request), public_id=connection_id)
     tz = viewer_zone(request)
     return_to = _kept(request.GET.get("return_to", ""))

@@ -78,9 +78,9 @@ def budget_try_spend(*, budget: Budget, now: datetime, calls: int = 1) -> bool:
 def budgets_try_spend(*, budgets: list[Budget], now: datetime, calls: int = 1) -> Budget | None:
     """Take `calls` from every budget, or from none: the first budget without room, or None.
 
-    One transaction: the keys are locked in sorted order (two syncs sharing budgets never wait
-    on each other in a cycle), every limited budget is checked in one query, then one statement
-    adds the calls to every key's bucket of this minute.
+    One transaction: the limited keys are locked in sorted order (two syncs sharing budgets never
+    wait on each other in a cycle), every limited budget is checked in one query, then one
+    statement adds the calls to every key's bucket of this minute.
     """
     by_key: dict[str, Budget] = {}
     for budget in budgets:
@@ -90,9 +90,12 @@ def budgets_try_spend(*, budgets: list[Budget], now: datetime, calls: int = 1) -
     if not by_key:
         return None
     with transaction.atomic():
-        for key in sorted(by_key):
-            _lock(key)
         limited = [b for b in by_key.values() if b.limit is not None]
+        # Only a limit needs its check and increment together; a count (a scope's calls, for
+        # pacing) is one atomic upsert, and a lock on it would serialize every Meta call on the
+        # app's key.
+        for key in sorted(b.key for b in limited):
+            _lock(key)
         used = budgets_used(budgets=limited, now=now)
         for budget in limited:
             assert budget.limit is not None

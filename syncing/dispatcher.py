@@ -194,7 +194,7 @@ def _budgets_for(provider: str, account_id: str) -> list[Budget]:
 
 
 def _paced(scopes: tuple[str, ...], states: dict[str, ScopeState], provider: str, now: datetime) -> list[Budget]:
-    """The pace of each scope the platform reported busy (syncing.budget.CallMeter.observe)."""
+    """The pace of each scope the platform reported busy (syncing.meter.CallMeter.observe)."""
     window = getattr(PROVIDERS.get(provider), "usage_window", None)
     if window is None:
         return []

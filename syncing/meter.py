@@ -67,8 +67,9 @@ class CallMeter:
         self.cancelled = cancelled
         # What the last spend() read of the scopes (observe() writes only what changed).
         self.states: dict[str, ScopeState] = {}
-        # A throttle the platform announced in an answer that still carried data: the sync keeps
-        # that data, makes no further call, and the connection (and the scope) then wait.
+        # A throttle the platform announced in an answer that still carried data: no further call
+        # is made. If that was the sync's last call its rows are kept (the runner's sync_finish
+        # with the throttle); otherwise the next spend() raises it and the sync ends rate limited.
         self.pending_throttle: ThrottledError | None = None
 
     def remaining(self) -> float | None:
@@ -172,7 +173,7 @@ class CallMeter:
                 made = budget_used(budget=self._scope_budget(usage.scope, now), now=now)
                 # Our calls in the window were `usage.percent` of the limit: keep to the target.
                 pace = max(1, int(made * settings.META_USAGE_TARGET_PCT / usage.percent))
-                if state is None or state.pace_limit != pace or state.usage_pct != usage.percent:
+                if _worth_recording(state, pace, now):
                     self._record(usage, pace, now)
             elif state is not None and state.pace_limit is not None:
                 self._record(usage, None, now)
@@ -198,3 +199,13 @@ def release_connection() -> None:
     transaction only: inside one (a test's, or a caller's) the connection is kept."""
     if getattr(db, "pool", None) is not None and not db.in_atomic_block:
         db.close()
+
+
+def _worth_recording(state: ScopeState | None, pace: int, now: datetime) -> bool:
+    """Whether a new pace is worth a write of the scope's row, which every worker's answers in a
+    busy scope would otherwise rewrite on every call: when there is none yet, when it moved by
+    more than a tenth, or when the last report is a minute old (a pace older than the window
+    lapses)."""
+    if state is None or state.pace_limit is None or state.usage_reported_at is None:
+        return True
+    return abs(pace - state.pace_limit) > state.pace_limit / 10 or now - state.usage_reported_at >= timedelta(minutes=1)

@@ -155,7 +155,12 @@ def connection_sync_run(*, connection_id: int, job_id: uuid.UUID, attempt: int =
         # platform's fault, so the job is retried like a transient failure, once the database
         # answers again.
         logger.warning("Database unavailable while syncing connection %s (job %s): %s", connection_id, job_id, exc)
-        _retry_later(started, TransientProviderError("The database was unavailable; retrying."), meter)
+        unavailable = TransientProviderError("The database was unavailable; retrying.")
+        if started.backfill is not None:
+            # A chunk is not retried through Celery: its backfill tries again after a backoff.
+            return _failed(started, unavailable, meter)
+        if not _retry_later(started, unavailable, meter):
+            return _cancelled(started, meter)
         raise RetryLater(retry_backoff(attempt)) from exc
     except ProviderError as exc:
         return _failed(started, exc, meter)

@@ -77,6 +77,7 @@ from syncing.providers.base import (
 )
 from syncing.scopes import (
     connection_scopes,
+    connection_scopes_learn,
     scope_connections,
     scope_states,
     scopes_clear_after_answer,
@@ -283,6 +284,8 @@ def claims_revert(*, claims: Iterable[Claim]) -> None:
             queued_at=claim.previous_queued_at,
             queued_trigger=claim.previous_trigger,
         )
+        # A claim that was a shared scope's probe: another connection probes at the next tick.
+        scopes_probe_release(connection_id=claim.connection_id, now=timezone.now())
 
 
 # --- claim and defer (the dispatcher's writes; what is due and how many is its own business) ---
@@ -356,7 +359,7 @@ def connections_defer_in_scopes(*, scopes: Iterable[str], until: datetime) -> in
     """Every connection in throttled scopes waits until the throttle's end, without a call: the
     idle and errored ones now (their next sync moves to at least `until`, shown as rate limited,
     the same resume time on each); queued and running ones stop at their next call's check
-    (syncing.budget.CallMeter.spend). Runs in the caller's transaction."""
+    (syncing.meter.CallMeter.spend). Runs in the caller's transaction."""
     members = functools.reduce(operator.or_, (scope_connections(scope) for scope in scopes), Q(pk__in=[]))
     return (
         Connection.objects.filter(members, sync_status__in=RUNNABLE_STATUSES)
@@ -701,7 +704,7 @@ def sync_finish(
         if api_calls:
             scopes_clear_after_answer(scopes=_scopes_of(started.connection), now=now)
         if throttle is not None and throttle.scopes and slow_down_until is not None:
-            _scopes_throttle(throttle, slow_down_until, now)
+            _scopes_throttle(throttle, slow_down_until, now, started)
         _run_close(started, SyncOutcome.SUCCESS, None, now, api_calls, rows_fetched=len(rows), rows_written=written)
     return written
 
@@ -754,7 +757,7 @@ def _backfill_chunk_finish(
             if api_calls:
                 scopes_clear_after_answer(scopes=_scopes_of(started.connection), now=now)
             if throttle is not None and throttle.scopes and slow_down_until is not None:
-                _scopes_throttle(throttle, slow_down_until, now)
+                _scopes_throttle(throttle, slow_down_until, now, started)
             _run_close(started, SyncOutcome.SUCCESS, None, now, api_calls, rows_fetched=len(rows), rows_written=written)
             return written
         transaction.set_rollback(True)
@@ -764,9 +767,17 @@ def _backfill_chunk_finish(
     return None
 
 
-def _scopes_throttle(error: ThrottledError, until: datetime, now: datetime) -> None:
-    scopes_throttle(scopes=error.scopes, until=until, reason=error.message, now=now)
+def _scopes_throttle(error: ThrottledError, until: datetime, now: datetime, started: StartedSync) -> None:
+    # The connections first, then the scopes' rows: the dispatcher's claim locks in that order
+    # too (due connections, then a probe's scope), so the two never wait on each other in a cycle.
     deferred = connections_defer_in_scopes(scopes=error.scopes, until=until)
+    scopes_throttle(scopes=error.scopes, until=until, reason=error.message, now=now)
+    # A business scope named by an error answer (whose usage headers no meter observed): the
+    # connection counts against it from now on, so its probe and its clearing reach it.
+    known = _scopes_of(started.connection)
+    learned = [scope for scope in error.scopes if scope not in known]
+    if learned:
+        connection_scopes_learn(connection_id=started.connection.pk, scopes=learned)
     logger.info(
         "Throttle on %s until %s: %d other connection(s) deferred without a call",
         ", ".join(error.scopes),
@@ -920,7 +931,7 @@ def sync_defer(
         if won != 1:
             return False
         if isinstance(error, ThrottledError) and error.scopes:
-            _scopes_throttle(error, until, now)
+            _scopes_throttle(error, until, now, started)
         else:
             scopes_probe_release(connection_id=started.connection.pk, now=now)
         _run_close(started, SyncOutcome.RATE_LIMITED, error, now, api_calls)
@@ -934,7 +945,7 @@ def _backfill_chunk_defer(
         if _mine(started).update(sync_status=SyncStatus.IDLE, cancel_requested_at=None) != 1:
             return False
         if isinstance(error, ThrottledError) and error.scopes:
-            _scopes_throttle(error, until, now)
+            _scopes_throttle(error, until, now, started)
         else:
             scopes_probe_release(connection_id=started.connection.pk, now=now)
         Backfill.objects.filter(pk=chunk.backfill_id, status__in=BACKFILL_ACTIVE, cursor=chunk.cursor).update(
@@ -1260,23 +1271,39 @@ def syncs_recover_stuck(*, now: datetime) -> int:
     """
     queued_deadline = now - timedelta(seconds=settings.SYNC_QUEUED_TIMEOUT)
     syncing_deadline = now - timedelta(seconds=settings.SYNC_TASK_TIME_LIMIT + settings.SYNC_RECOVERY_GRACE)
+    # A backfill's lost chunk is not the connection's failure: back to idle with its error as it
+    # was, and the backfill claims the chunk again. In the same UPDATEs (recovery runs on every
+    # tick: bench/dispatcher.py's empty tick).
+    chunk = Q(queued_trigger=SyncTrigger.BACKFILL)
+
+    def lost(message: str) -> dict:
+        return {
+            "sync_status": Case(
+                When(chunk, then=Value(SyncStatus.IDLE)),
+                default=Value(SyncStatus.ERROR),
+                output_field=models.CharField(),
+            ),
+            "last_sync_error": Case(
+                When(chunk, then=F("last_sync_error")), default=Value(message), output_field=models.TextField()
+            ),
+            "last_sync_error_kind": Case(
+                When(chunk, then=F("last_sync_error_kind")),
+                default=Value(ErrorKind.INTERRUPTED),
+                output_field=models.CharField(),
+            ),
+            "cancel_requested_at": None,
+        }
+
     lost_queued = Connection.objects.filter(sync_status=SyncStatus.QUEUED, queued_at__lt=queued_deadline).update(
-        sync_status=SyncStatus.ERROR,
-        last_sync_error=LOST_IN_QUEUE.format(minutes=max(1, settings.SYNC_QUEUED_TIMEOUT // 60)),
-        last_sync_error_kind=ErrorKind.INTERRUPTED,
+        **lost(LOST_IN_QUEUE.format(minutes=max(1, settings.SYNC_QUEUED_TIMEOUT // 60)))
     )
     # queued_at precedes the start, so the redundant bound lets the busy index serve this. A
     # backfill's chunk leaves last_sync_attempted_at to the regular syncs (it may be null) and
     # sets queued_at to its start instead (sync_start).
     lost_syncing = (
         Connection.objects.filter(sync_status=SyncStatus.SYNCING, queued_at__lt=syncing_deadline)
-        .filter(Q(last_sync_attempted_at__lt=syncing_deadline) | Q(queued_trigger=SyncTrigger.BACKFILL))
-        .update(
-            sync_status=SyncStatus.ERROR,
-            last_sync_error=LOST_WHILE_SYNCING,
-            last_sync_error_kind=ErrorKind.INTERRUPTED,
-            cancel_requested_at=None,
-        )
+        .filter(Q(last_sync_attempted_at__lt=syncing_deadline) | chunk)
+        .update(**lost(LOST_WHILE_SYNCING))
     )
     _runs_interrupt(
         SyncRun.objects.filter(outcome=SyncOutcome.RUNNING, started_at__lt=syncing_deadline), LOST_WHILE_SYNCING, now
@@ -1298,8 +1325,13 @@ def syncs_reset_stuck(*, connection_ids: list[int], now: datetime) -> int:
             Connection.objects.filter(pk__in=connection_ids, sync_status__in=BUSY_STATUSES).values_list("pk", "job_id")
         )
         reset = Connection.objects.filter(pk__in=[pk for pk, _ in busy], sync_status__in=BUSY_STATUSES).update(
-            sync_status=SyncStatus.ERROR, last_sync_error=RESET_BY_OPERATOR, last_sync_error_kind=ErrorKind.INTERRUPTED
+            sync_status=SyncStatus.ERROR,
+            last_sync_error=RESET_BY_OPERATOR,
+            last_sync_error_kind=ErrorKind.INTERRUPTED,
+            cancel_requested_at=None,
         )
+        for pk, _ in busy:
+            scopes_probe_release(connection_id=pk, now=now)
         _runs_interrupt(
             SyncRun.objects.filter(job_id__in=[job for _, job in busy], outcome=SyncOutcome.RUNNING),
             RESET_BY_OPERATOR,

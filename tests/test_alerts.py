@@ -698,7 +698,14 @@ def test_page_removing_the_webhook_forgets_its_secret(owner, workspace):
     client = signed_in(owner)
     client.post(PAGE, save_data(workspace, webhook_url="https://hooks.example.com/adsync"))
 
+    # An empty field keeps the webhook (its URL is never shown again); "Remove the webhook" removes it.
     client.post(PAGE, save_data(workspace, webhook_url=""), follow=True)
+    kept = AlertSettings.objects.get()
+    assert (kept.webhook_url, kept.webhook_host) == ("https://hooks.example.com/adsync", "https://hooks.example.com")
+    page = client.get(PAGE).content.decode()
+    assert "hooks.example.com/adsync" not in page
+    assert "https://hooks.example.com/…" in page
+    client.post(PAGE, save_data(workspace, webhook_url="", remove_webhook="on"), follow=True)
     rotate = client.post(PAGE, {"workspace": str(workspace.public_id), "action": "rotate_secret"}, follow=True)
 
     assert AlertSettings.objects.get().webhook_secret == {}

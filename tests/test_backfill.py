@@ -28,7 +28,6 @@ from syncing.selectors import backfill_get, backfills_active_by_connection, back
 from syncing.services import (
     BACKFILL_GONE,
     BACKFILL_MAX_FAILURES,
-    LOST_WHILE_SYNCING,
     CancelResult,
     backfill_cancel,
     backfill_request,
@@ -522,9 +521,13 @@ def test_a_chunk_lost_with_its_worker_is_recovered_and_runs_again(connection, se
     assert syncs_recover_stuck(now=NOW + deadline + timedelta(seconds=1)) == 0
     assert syncs_recover_stuck(now=NOW + timedelta(seconds=101) + deadline) == 1
 
+    # Not the connection's failure: idle, no error; the backfill claims the chunk again.
     connection = reload(connection)
-    assert (connection.sync_status, connection.last_sync_error) == (SyncStatus.ERROR, LOST_WHILE_SYNCING)
+    assert (connection.sync_status, connection.last_sync_error) == (SyncStatus.IDLE, None)
     assert reload(backfill).days_done == 0
+    assert [c.connection_id for c in backfills_claim_ready(now=NOW + timedelta(seconds=102) + deadline, limit=10)] == [
+        connection.pk
+    ]
 
 
 # --- the dispatcher ----------------------------------------------------------------------------------

@@ -178,3 +178,22 @@ def test_sync_now_takes_the_place_of_a_queued_backfill_chunk(make_connection):
     assert (connection.sync_status, connection.queued_trigger) == (SyncStatus.QUEUED, SyncTrigger.MANUAL)
     cancelled = SyncRun.objects.get(job_id=chunk_job)
     assert (cancelled.outcome, cancelled.trigger) == (SyncOutcome.CANCELLED, SyncTrigger.BACKFILL)
+
+
+@pytest.mark.django_db
+@pytest.mark.embedded
+def test_recovery_of_a_lost_backfill_chunk_leaves_the_connection_idle_without_an_error(make_connection, settings):
+    from syncing.services import syncs_recover_stuck
+
+    connection = make_connection()
+    connections_queue_claimed(ids=[connection.pk], now=NOW, trigger=SyncTrigger.BACKFILL)
+
+    recovered = syncs_recover_stuck(now=NOW + timedelta(seconds=settings.SYNC_QUEUED_TIMEOUT + 1))
+
+    connection = reload(connection)
+    assert recovered == 1
+    assert (connection.sync_status, connection.last_sync_error, connection.last_sync_error_kind) == (
+        SyncStatus.IDLE,
+        None,
+        "",
+    )

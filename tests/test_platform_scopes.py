@@ -231,6 +231,9 @@ def test_a_business_use_case_throttle_names_the_business_from_the_headers(graph,
     assert PlatformScope.objects.get().scope == meta_business_scope(business, "ads_insights")
     assert (reload(first).rate_limited_until, reload(second).rate_limited_until) == (until, until)
     assert reload(third).rate_limited_until is None
+    # The connection the error answered now counts against that business too (its probe and the
+    # throttle's clearing reach it), though no answer of its own carried the header.
+    assert reload(first).throttle_scopes == [meta_business_scope(business, "ads_insights")]
 
 
 def test_a_business_use_case_throttle_without_usable_headers_is_the_accounts_own(graph, accounts):
@@ -360,3 +363,20 @@ def test_prune_keeps_what_is_in_force_and_drops_the_rest(accounts):
     assert platform_scopes_prune(now=NOW) == 1
 
     assert set(PlatformScope.objects.values_list("scope", flat=True)) == {META_APP, meta_account_scope(ACCOUNT)}
+
+
+def test_a_probe_whose_claim_is_put_back_is_released(graph, accounts):
+    from syncing.services import claims_revert
+
+    first, *_ = accounts
+    graph.script(graph_error(4, "(#4) Application request limit reached"))
+    sync(first)
+    end = NOW + timedelta(minutes=5)
+    with time_machine.travel(end, tick=False):
+        [probe] = connections_claim_due(now=end, limit=10)
+    assert PlatformScope.objects.get(scope=META_APP).probe_connection_id == probe.connection_id
+
+    # The broker refused the message: the claim is put back, and so is the probe.
+    claims_revert(claims=[probe])
+
+    assert PlatformScope.objects.get(scope=META_APP).probe_connection_id is None

@@ -89,7 +89,7 @@ def throttle_scopes(code: int, headers: dict, account: str) -> tuple[str, ...]:
     page's limit is met through this account's calls too)."""
     if code == APP_THROTTLE_CODE:
         return (META_APP,)
-    if code in BUSINESS_USE_CASES or 80000 <= code <= 80014:
+    if 80000 <= code <= 80014:
         named = tuple(u.scope for u in scope_usages(headers, account=account) if u.throttled)
         return named or (meta_business_scope(account, BUSINESS_USE_CASES.get(code, "any")),)
     return (meta_account_scope(account),)

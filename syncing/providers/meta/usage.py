@@ -1,5 +1,5 @@
 """Meta's usage headers: how close each shared limit is to being throttled, and when access is
-regained once it is, read after every answer (syncing.budget.CallMeter.observe paces or stops).
+regained once it is, read after every answer (syncing.meter.CallMeter.observe paces or stops).
 
 - `X-App-Usage`: the app's usage over the rolling hour (call_count, total_time, total_cputime,
   in percent): the scope of every connection of this installation (code 4 when it is full).
@@ -72,11 +72,6 @@ def scope_usages(headers: Mapping[str, str], *, account: str) -> list[ScopeUsage
         add(meta_account_scope(account), _number(insights.get("acc_id_util_pct")))
     # regain matters only for a throttled scope (it is the wait).
     return [u if u.throttled else ScopeUsage(u.scope, u.percent) for u in found.values()]
-
-
-def throttle_regain(headers: Mapping[str, str], *, account: str) -> timedelta | None:
-    """The longest wait Meta estimates in a throttle error's headers (None: it did not say)."""
-    return max((u.regain for u in scope_usages(headers, account=account) if u.regain), default=None)
 
 
 def _json(lowered: Mapping[str, str], name: str) -> object:
