@@ -200,14 +200,25 @@ def _later(until: datetime) -> Case:
 
 
 def scope_probe_take(*, scope: str, connection_id: int, now: datetime) -> bool:
-    """Make this connection the scope's one probe, if its throttle is over and no live probe runs."""
+    """Make this connection the scope's one probe, if its throttle is over and no live probe runs.
+
+    A row locked by a worker (renewing or lifting the throttle) is skipped, not waited for: the
+    dispatcher holds the due connections' row locks meanwhile, and that worker may be about to
+    defer them (a cycle). The next tick tries again."""
     free = Q(probe_started_at__isnull=True) | Q(probe_started_at__lt=now - probe_timeout())
-    return (
-        PlatformScope.objects.filter(free, scope=scope, throttled_until__lte=now).update(
+    with transaction.atomic():
+        row = (
+            PlatformScope.objects.select_for_update(skip_locked=True)
+            .filter(free, scope=scope, throttled_until__lte=now)
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if row is None:
+            return False
+        PlatformScope.objects.filter(pk=row).update(
             probe_connection_id=connection_id, probe_started_at=now, updated_at=now
         )
-        == 1
-    )
+    return True
 
 
 def scopes_clear_after_answer(*, scopes: Iterable[str], now: datetime) -> int:

@@ -768,10 +768,12 @@ def _backfill_chunk_finish(
 
 
 def _scopes_throttle(error: ThrottledError, until: datetime, now: datetime, started: StartedSync) -> None:
-    # The connections first, then the scopes' rows: the dispatcher's claim locks in that order
-    # too (due connections, then a probe's scope), so the two never wait on each other in a cycle.
-    deferred = connections_defer_in_scopes(scopes=error.scopes, until=until)
+    # The scope's row first: it serializes the workers that throttle the same scope at once,
+    # which would otherwise deadlock deferring the same connections in different orders (the
+    # throttle bench saw it). The dispatcher never waits on that row (scope_probe_take skips it
+    # while locked), so it cannot close a cycle with the connections it holds.
     scopes_throttle(scopes=error.scopes, until=until, reason=error.message, now=now)
+    deferred = connections_defer_in_scopes(scopes=error.scopes, until=until)
     # A business scope named by an error answer (whose usage headers no meter observed): the
     # connection counts against it from now on, so its probe and its clearing reach it.
     known = _scopes_of(started.connection)
