@@ -54,7 +54,7 @@ from syncing.providers import PROVIDERS
 from syncing.scopes import (
     ScopeState,
     connection_scopes,
-    pace_key,
+    scope_pace_budget,
     scope_probe_take,
     scope_states_in_force,
     scopes_probe_release,
@@ -198,13 +198,8 @@ def _paced(scopes: tuple[str, ...], states: dict[str, ScopeState], provider: str
     window = getattr(PROVIDERS.get(provider), "usage_window", None)
     if window is None:
         return []
-    paced = []
-    for scope in scopes:
-        state = states.get(scope)
-        pace = None if state is None else state.pace(now, window)
-        if pace is not None:
-            paced.append(Budget(key=pace_key(scope), limit=pace, window=window, label=f"the pace of {scope}"))
-    return paced
+    budgets = (scope_pace_budget(scope=scope, state=states.get(scope), window=window, now=now) for scope in scopes)
+    return [budget for budget in budgets if budget.limit is not None]
 
 
 def _within_limits(

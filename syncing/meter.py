@@ -21,8 +21,8 @@ from syncing.providers.base import CANCELLED_MESSAGE, DeadlineExceeded, ScopeUsa
 from syncing.scopes import (
     ScopeState,
     connection_scopes_learn,
-    pace_key,
     scope_label,
+    scope_pace_budget,
     scope_states,
     scope_usage_record,
 )
@@ -129,14 +129,7 @@ class CallMeter:
 
     def _scope_budget(self, scope: str, now: datetime) -> Budget:
         assert self.usage_window is not None
-        state = self.states.get(scope)
-        pace = None if state is None else state.pace(now, self.usage_window)
-        return Budget(
-            key=pace_key(scope),
-            limit=pace,
-            window=self.usage_window,
-            label=f"a pace that keeps {scope_label(scope)} under its platform limit",
-        )
+        return scope_pace_budget(scope=scope, state=self.states.get(scope), window=self.usage_window, now=now)
 
     def observe(self, usages: list[ScopeUsage], *, now: datetime) -> None:
         try:

@@ -27,6 +27,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Case, F, Q, Value, When
 
 from connections.models import Connection
+from syncing.budget import Budget
 from syncing.models import PlatformScope
 
 META_APP = "meta:app"
@@ -165,6 +166,17 @@ def usage_window() -> timedelta:
 def pace_key(scope: str) -> str:
     """The api_call_buckets key counting our calls in a scope (syncing.budget)."""
     return f"scope:{scope}"
+
+
+def scope_pace_budget(*, scope: str, state: ScopeState | None, window: timedelta, now: datetime) -> Budget:
+    """The budget our calls in a scope count against: limited to its pace while the platform
+    says it is busy, a plain count otherwise (the meter's spend and the dispatcher's claim)."""
+    return Budget(
+        key=pace_key(scope),
+        limit=None if state is None else state.pace(now, window),
+        window=window,
+        label=f"a pace that keeps {scope_label(scope)} under its platform limit",
+    )
 
 
 # --- writes --------------------------------------------------------------------------------------

@@ -70,6 +70,19 @@ def deliveries() -> list[tuple[str, str]]:
     return list(Delivery.objects.order_by("created_at", "id").values_list("event", "channel"))
 
 
+def save_settings(workspace, **overrides) -> str | None:
+    """The workspace's alert settings: email on to the members, no webhook, the defaults."""
+    fields = {
+        "email_enabled": True,
+        "email_recipients": [],
+        "webhook_url": "",
+        "failure_threshold": 3,
+        "stale_multiplier": 3,
+    }
+    fields.update(overrides)
+    return alert_settings_save(workspace=workspace, **fields)
+
+
 def engine_alive(now) -> None:
     """The scheduler ticked and a sync worker beat at `now`: the engine runs (syncing.health)."""
     heartbeat_record(name=SCHEDULER_HEARTBEAT, kind=HeartbeatKind.SCHEDULER, now=now)
@@ -146,15 +159,7 @@ def test_needs_reconnect_problem_back_before_resolution_keeps_the_incident(conne
 
 
 def auto_pause_after(workspace, limit: int | None) -> None:
-    alert_settings_save(
-        workspace=workspace,
-        email_enabled=True,
-        email_recipients=[],
-        webhook_url="",
-        failure_threshold=3,
-        stale_multiplier=3,
-        auto_pause_after=limit,
-    )
+    save_settings(workspace, auto_pause_after=limit)
 
 
 @pytest.mark.django_db
@@ -232,14 +237,7 @@ def test_failing_a_success_breaks_the_streak(connection):
 @pytest.mark.django_db
 @pytest.mark.embedded
 def test_failing_threshold_is_the_workspace_setting(connection, workspace):
-    alert_settings_save(
-        workspace=workspace,
-        email_enabled=True,
-        email_recipients=[],
-        webhook_url="",
-        failure_threshold=5,
-        stale_multiplier=3,
-    )
+    save_settings(workspace, failure_threshold=5)
     for minute in range(4):
         fail(connection, NOW + timedelta(minutes=minute))
     at_four = evaluate(NOW + timedelta(minutes=4))
@@ -368,14 +366,7 @@ def test_stale_resolves_after_syncs_complete_again(realtime):
 @pytest.mark.django_db
 @pytest.mark.embedded
 def test_stale_multiplier_is_the_workspace_setting(realtime, workspace):
-    alert_settings_save(
-        workspace=workspace,
-        email_enabled=True,
-        email_recipients=[],
-        webhook_url="",
-        failure_threshold=3,
-        stale_multiplier=10,
-    )
+    save_settings(workspace, stale_multiplier=10)
 
     assert evaluate(NOW + timedelta(seconds=200)).opened == 0
     assert evaluate(NOW + timedelta(seconds=316)).opened == 1  # 10 x 30 s + 15 s
@@ -777,14 +768,7 @@ def test_page_query_count_does_not_grow_with_incidents(
     ],
 )
 def test_admin_lists_are_read_only(admin_user, connection, workspace, path, shown):
-    alert_settings_save(
-        workspace=workspace,
-        email_enabled=True,
-        email_recipients=[],
-        webhook_url="",
-        failure_threshold=3,
-        stale_multiplier=3,
-    )
+    save_settings(workspace)
     needs_reconnect(connection)
     evaluate(NOW)
     client = signed_in(admin_user)

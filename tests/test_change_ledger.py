@@ -22,6 +22,7 @@ from syncing.selectors import (
     sync_run_changes_summary,
 )
 from syncing.services import connection_enqueue_sync, sync_finish, sync_runs_prune, sync_start, syncs_reset_stuck
+from tests.test_persist import row  # the same fetched row, in both
 
 pytestmark = pytest.mark.django_db
 
@@ -37,23 +38,6 @@ ADDED_C3 = {
     "conversion_value": [None, "99.9"],
     "currency": [None, "USD"],
 }
-
-
-def row(entity: str = "c1", day: date = NOV[27], **values) -> MetricRow:
-    fields = {
-        "level": "campaign",
-        "entity_id": entity,
-        "date": day,
-        "entity_name": f"Campaign {entity}",
-        "spend": Decimal("12.34"),
-        "impressions": 1000,
-        "clicks": 50,
-        "conversions": Decimal("3"),
-        "conversion_value": Decimal("99.90"),
-        "currency": "USD",
-    }
-    fields.update(values)
-    return MetricRow(**fields)
 
 
 def sync(connection: Connection, rows: list[MetricRow], *, at: datetime = NOW) -> SyncRun:

@@ -21,7 +21,7 @@ from connections.models import Connection, SyncFrequency, SyncStatus
 from connections.services import connection_create, workspace_create
 from syncing.budget import budget_used
 from syncing.models import SyncOutcome
-from syncing.providers.google import RECONNECT_MESSAGE, access_tokens, app_budget
+from syncing.providers.google import RECONNECT_MESSAGE, app_budget
 from syncing.providers.google import oauth as google_oauth
 from syncing.runner import connection_sync_run
 from syncing.services import connection_enqueue_sync
@@ -30,11 +30,12 @@ from tests.fakes.google_ads import (
     CampaignDay,
     ads_failure,
     developer_token_not_approved,
-    google_fakes_running,
     not_ads_user,
     resource_exhausted,
     user_permission_denied,
 )
+from tests.google_fixtures import google_reset
+from tests.google_fixtures import google_servers_fixture as google_servers_fixture  # a fixture: pytest finds it by name
 from tests.pages import parse
 
 pytestmark = pytest.mark.django_db
@@ -44,17 +45,9 @@ FLOW_KEY = "connect_google_flow"
 PENDING_KEY = "connect_google_pending"
 
 
-@pytest.fixture(scope="module")
-def google_servers(tmp_path_factory):
-    with google_fakes_running(tmp_path_factory.mktemp("google")) as fakes:
-        yield fakes
-
-
 @pytest.fixture
 def google(google_servers, settings):
-    google_servers.reset()
-    google_servers.configure(settings)
-    access_tokens.clear()
+    google_reset(google_servers, settings)
     ads = google_servers.ads
     ads.add_account(Account("1111111111", "Shop DE", currency="EUR", time_zone="Europe/Berlin"))
     ads.add_account(Account("3333333333", "Client US", currency="USD", time_zone="America/New_York"))

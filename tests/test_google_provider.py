@@ -25,7 +25,6 @@ from syncing.providers import PROVIDERS, provider_for
 from syncing.providers.google import (
     RECONNECT_MESSAGE,
     GoogleCustomer,
-    access_tokens,
     google_ads_sdk,
     google_customers_accessible,
     google_error,
@@ -40,11 +39,12 @@ from tests.fakes.google_ads import (
     CampaignDay,
     Failure,
     ads_failure,
-    google_fakes_running,
     resource_exhausted,
     resource_exhausted_retry_info,
     unavailable,
 )
+from tests.google_fixtures import google_reset
+from tests.google_fixtures import google_servers_fixture as google_servers_fixture  # a fixture: pytest finds it by name
 
 NOW = datetime(2031, 3, 14, 9, 30, tzinfo=UTC)
 TODAY = date(2031, 3, 14)  # in Europe/Berlin too
@@ -53,18 +53,9 @@ CUSTOMER = "1234567890"
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(scope="module")
-def google_servers(tmp_path_factory):
-    with google_fakes_running(tmp_path_factory.mktemp("google")) as fakes:
-        yield fakes
-
-
 @pytest.fixture
 def google(google_servers, settings):
-    google_servers.reset()
-    google_servers.configure(settings)
-    # Access tokens cached by an earlier test were issued by the fake before its reset.
-    access_tokens.clear()
+    google_reset(google_servers, settings)
     google_servers.ads.add_account(Account(CUSTOMER, "Shop DE", currency="EUR", time_zone="Europe/Berlin"))
     return google_servers
 

@@ -20,10 +20,11 @@ from django.utils import timezone
 
 from connections.models import Connection, SyncStatus
 from syncing.models import SyncOutcome, SyncRun
-from syncing.providers.google import access_tokens
 from syncing.runner import connection_sync_run
 from syncing.services import connection_enqueue_sync
-from tests.fakes.google_ads import Account, CampaignDay, ads_failure, google_fakes_running, resource_exhausted
+from tests.fakes.google_ads import Account, CampaignDay, ads_failure, resource_exhausted
+from tests.google_fixtures import google_reset
+from tests.google_fixtures import google_servers_fixture as google_servers_fixture  # a fixture: pytest finds it by name
 
 NOW = datetime(2031, 3, 14, 9, 30, tzinfo=UTC)
 CUSTOMER = "1234567890"
@@ -35,18 +36,9 @@ ANSWER_DELAY = timedelta(seconds=0.3)
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(scope="module")
-def google_servers(tmp_path_factory):
-    with google_fakes_running(tmp_path_factory.mktemp("google")) as fakes:
-        yield fakes
-
-
 @pytest.fixture
 def google(google_servers, settings):
-    google_servers.reset()
-    google_servers.configure(settings)
-    # Access tokens cached by an earlier test were issued by the fake before its reset.
-    access_tokens.clear()
+    google_reset(google_servers, settings)
     google_servers.ads.add_account(Account(CUSTOMER, "Shop DE", currency="EUR", time_zone="Europe/Berlin"))
     google_servers.ads.campaigns = [CampaignDay(CUSTOMER, 11, "Brand Search", NOW.date(), 1_000_000)]
     return google_servers

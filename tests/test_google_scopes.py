@@ -22,11 +22,11 @@ from syncing.runner import connection_sync_run
 from syncing.scopes import GOOGLE_DEVELOPER_TOKEN, google_customer_scope
 from syncing.services import RateLimited, connection_enqueue_sync
 from tests.fakes.google_ads import Account, Failure, _failure_trailers, resource_exhausted
+from tests.google_fixtures import google_servers_fixture as google_servers_fixture  # a fixture: pytest finds it by name
 from tests.test_google_provider import CUSTOMER, NOW, campaign
 from tests.test_google_provider import frozen as frozen  # fixtures: pytest finds them by name
 from tests.test_google_provider import google as google
 from tests.test_google_provider import google_connection as google_connection
-from tests.test_google_provider import google_servers as google_servers
 
 pytestmark = pytest.mark.django_db
 

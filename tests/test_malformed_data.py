@@ -18,11 +18,12 @@ from django.db import models
 from connections.models import Connection, SyncStatus
 from syncing.models import DailyMetric, SyncOutcome, SyncRun
 from syncing.providers import values
-from syncing.providers.google import access_tokens
 from syncing.runner import connection_sync_run
 from syncing.services import connection_enqueue_sync
-from tests.fakes.google_ads import Account, CampaignDay, google_fakes_running
+from tests.fakes.google_ads import Account, CampaignDay
 from tests.fakes.graph import insight, without
+from tests.google_fixtures import google_reset
+from tests.google_fixtures import google_servers_fixture as google_servers_fixture  # a fixture: pytest finds it by name
 from tests.meta_provider_fixtures import ACCOUNT, NOW, last_run, restated, sync
 from tests.meta_provider_fixtures import graph_fixture as graph_fixture  # a fixture: pytest finds it by name
 from tests.meta_provider_fixtures import meta_fixture as meta_fixture  # a fixture: pytest finds it by name
@@ -215,18 +216,9 @@ YESTERDAY = TODAY - timedelta(days=1)
 CUSTOMER = "1234567890"
 
 
-@pytest.fixture(scope="module")
-def google_servers(tmp_path_factory):
-    with google_fakes_running(tmp_path_factory.mktemp("google")) as fakes:
-        yield fakes
-
-
 @pytest.fixture
 def google(google_servers, settings):
-    google_servers.reset()
-    google_servers.configure(settings)
-    # Access tokens cached by an earlier test were issued by the fake before its reset.
-    access_tokens.clear()
+    google_reset(google_servers, settings)
     google_servers.ads.add_account(Account(CUSTOMER, "Shop DE", currency="EUR", time_zone="Europe/Berlin"))
     return google_servers
 

@@ -226,12 +226,13 @@ _FROM = re.compile(r"\bFROM\s+(\w+)", re.I)
 
 
 class FakeGoogleAds:
-    def __init__(self, *, oauth: FakeOAuth, certificate: bytes, private_key: bytes):
+    def __init__(self, *, oauth: FakeOAuth, certificate: bytes, private_key: bytes, max_workers: int = 8):
         self.oauth = oauth
         self.lock = threading.Lock()
         self.calls: list[Call] = []
         self.reset()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        # Threads answering at once (a benchmark's slow answers want more than the tests' 8).
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
         self.server.add_generic_rpc_handlers(
             [
                 grpc.method_handlers_generic_handler(

@@ -40,17 +40,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from pathlib import Path
 
 import grpc
 from google.ads.googleads.v26.errors.types import errors
-from google.ads.googleads.v26.services.types import customer_service, google_ads_service
 from google.protobuf import duration_pb2
 
 from tests.fakes.google_ads import (
     FAILURE_KEY,
-    VERSION,
     Failure,
     FakeGoogleAds,
     FakeOAuth,
@@ -235,37 +232,8 @@ class DeveloperLimitedGoogleAds(FakeGoogleAds):
     AppLimit, served by `max_workers` threads (the parent's 8 would queue calls at 0.3-1 s each)."""
 
     def __init__(self, *, oauth: FakeOAuth, certificate: bytes, private_key: bytes, limit: AppLimit, max_workers=128):
-        super().__init__(oauth=oauth, certificate=certificate, private_key=private_key)
+        super().__init__(oauth=oauth, certificate=certificate, private_key=private_key, max_workers=max_workers)
         self.limit = limit
-        self.server.stop(None)  # the parent's server, never started: release its port
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
-        self.server.add_generic_rpc_handlers(
-            [
-                grpc.method_handlers_generic_handler(
-                    f"google.ads.googleads.{VERSION}.services.GoogleAdsService",
-                    {
-                        "SearchStream": grpc.unary_stream_rpc_method_handler(
-                            self._search_stream,
-                            request_deserializer=google_ads_service.SearchGoogleAdsStreamRequest.deserialize,
-                            response_serializer=google_ads_service.SearchGoogleAdsStreamResponse.serialize,
-                        )
-                    },
-                ),
-                grpc.method_handlers_generic_handler(
-                    f"google.ads.googleads.{VERSION}.services.CustomerService",
-                    {
-                        "ListAccessibleCustomers": grpc.unary_unary_rpc_method_handler(
-                            self._list_accessible_customers,
-                            request_deserializer=customer_service.ListAccessibleCustomersRequest.deserialize,
-                            response_serializer=customer_service.ListAccessibleCustomersResponse.serialize,
-                        )
-                    },
-                ),
-            ]
-        )
-        credentials = grpc.ssl_server_credentials([(private_key, certificate)])
-        self.port = self.server.add_secure_port("127.0.0.1:0", credentials)
-        self.endpoint = f"127.0.0.1:{self.port}"
 
     def _search_stream(self, request, context):
         if _GOOGLE_CAMPAIGNS.search(request.query):
